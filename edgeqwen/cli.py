@@ -1,0 +1,284 @@
+"""The `edgeqwen` command line. Heavy modules are imported inside commands, so `--help`
+answers at once and never loads torch.
+
+Exit codes: 0 ok, 1 user error (a message, no traceback), 2 a quality gate failed,
+3 internal error (set EDGEQWEN_DEBUG=1 for the traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgeqwen.errors import EdgeQwenError
+from edgeqwen.progress import console as err
+
+try:  # typer >= 0.20 vendors click; its usage errors derive from this class
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer on plain click
+    from click import ClickException
+
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="edgeqwen",
+    help="Compile small Qwen models into validated ONNX / GGUF artifacts for CPUs, NPUs and "
+    "mobile-class devices.\n\nStart with `edgeqwen models`, `edgeqwen recipes` and "
+    "`edgeqwen build RECIPE --model sample`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output (files, CI logs) gets room for the wide tables instead of rich's 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
+    """List the supported Qwen models with their architecture and deployment sizes."""
+    from edgeqwen.catalog import CATALOG
+
+    if as_json:
+        _print_json([m.to_dict() for m in CATALOG.values()])
+        return
+    table = Table(title="edgeqwen catalog", caption="arch = layers x hidden, attention heads / "
+                  "KV heads. Sizes are weights only (int8/int4 include block scales); "
+                  "KV = fp16 KV-cache bytes per token of context.")
+    table.add_column("id / Hugging Face repo", no_wrap=True)
+    table.add_column("family")
+    for col in ("params", "arch", "context", "licence", "thinking", "tied emb.",
+                "fp16\nint8\nint4", "KV/token"):
+        table.add_column(col, justify="right")
+    for m in CATALOG.values():
+        table.add_row(
+            f"{m.id}\n[dim]{m.repo_id}[/dim]", m.family, f"{m.params / 1e9:.2f}B",
+            f"{m.layers}x{m.hidden}\n{m.heads}/{m.kv_heads} heads", f"{m.context_length:,}",
+            m.license, "yes" if m.thinking else "no", "yes" if m.tied_embeddings else "no",
+            "\n".join(_mb(m.weight_bytes(p)) for p in ("fp16", "int8", "int4")),
+            f"{m.kv_bytes_per_token / 1024:.0f} KiB",
+        )
+    out.print(table)
+
+
+@app.command()
+def fit(
+    ram: Annotated[str, typer.Option(help="Device memory, e.g. 4GB, 1.5GiB, 512MB.")],
+    task: Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer needs Optional
+        help="Only models for this task: chat, code or math.")] = None,
+    context: Annotated[int, typer.Option(help="Tokens of context to budget the KV cache for.")] = 4096,
+    reserve: Annotated[float, typer.Option(
+        help="Share of RAM left to the OS and the app (0-0.9).")] = 0.25,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Suggest the model and precision that fit a memory budget, showing the arithmetic.
+
+    Memory = weights (params x bits/8) + KV cache (context x KV bytes/token) + runtime
+    overhead, and it must stay within RAM x (1 - reserve).
+    """
+    from edgeqwen import fit as fitting
+    from edgeqwen.catalog import TASKS
+    from edgeqwen.units import human, parse_size
+
+    if task is not None and task not in TASKS:
+        raise EdgeQwenError(f"unknown task {task!r}", hint=f"use one of: {', '.join(TASKS)}")
+    if not 0 <= reserve <= 0.9:
+        raise EdgeQwenError("--reserve must be between 0 and 0.9")
+    if context < 1:
+        raise EdgeQwenError("--context must be positive")
+    rows, best = fitting.plan(parse_size(ram), context=context, task=task, reserve=reserve)
+    if as_json:
+        _print_json({"ram_bytes": parse_size(ram), "context": context, "reserve": reserve,
+                     "task": task, "recommended": best.to_dict() if best else None,
+                     "rows": [r.to_dict() for r in rows]})
+        return
+    budget = rows[0].budget
+    table = Table(title=f"memory budget {human(budget)} = {ram} x (1 - {reserve:g}), "
+                        f"context {context:,} tokens")
+    for col in ("model", "precision", "weights", "KV cache", "overhead", "total", "fits"):
+        table.add_column(col, justify="left" if col in ("model", "precision") else "right")
+    for r in rows:
+        table.add_row(r.model.id, r.precision, human(r.weights), human(r.kv_cache),
+                      human(r.overhead), human(r.total),
+                      "[green]yes[/green]" if r.fits else "[red]no[/red]")
+    out.print(table)
+    if best is None:
+        raise EdgeQwenError(f"no catalog model fits in {human(budget)} at {context:,} tokens",
+                            hint="try a shorter --context, a smaller --reserve or more memory")
+    out.print(
+        f"Recommended: [bold]{best.model.id}[/bold] at [bold]{best.precision}[/bold]: "
+        f"{human(best.weights)} weights ({best.model.params / 1e9:.2f}B params) + "
+        f"{human(best.kv_cache)} KV cache ({min(context, best.model.context_length):,} tokens x "
+        f"{best.model.kv_bytes_per_token:,} B) + {human(best.overhead)} runtime "
+        f"= {human(best.total)} <= {human(budget)}."
+    )
+
+
+@app.command()
+def recipes(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
+    """List the shipped recipes (the `recipes/` folder)."""
+    from edgeqwen.recipes import load_recipe, shipped_recipes
+
+    loaded = {name: load_recipe(path) for name, path in shipped_recipes().items()}
+    if as_json:
+        _print_json({n: r.model_dump(mode="json") for n, r in loaded.items()})
+        return
+    if not loaded:
+        out.print("No recipes are shipped with this installation.")
+        return
+    table = Table(title="shipped recipes")
+    for col in ("name", "format", "precision", "engine", "target", "gates", "description"):
+        table.add_column(col)
+    for r in loaded.values():
+        gates = ", ".join(f"{k}={v:g}" for k, v in r.validation.model_dump().items() if v is not None)
+        table.add_row(r.name, r.format, r.precision, r.engine_name,
+                      f"{r.target.device}/{r.target.profile}", gates or "-", r.description)
+    out.print(table)
+
+
+@app.command()
+def build(
+    recipe: Annotated[str, typer.Argument(help="A recipe file or the name of a shipped recipe.")],
+    model: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--model", "-m", help="Source: `sample`, a catalog id, a Hugging Face repo id, "
+        "a checkpoint folder or a .gguf file. Defaults to the recipe's model.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--out", "-o", help="Artifact folder (default: artifacts/<model>-<recipe>).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace the output folder if it exists.")] = False,
+) -> None:
+    """Build an artifact from a recipe and a model source.
+
+    Resolves the source, converts and quantizes it with the recipe's engine, and writes the
+    model files with a manifest.json. The folder appears only when the build succeeded.
+    """
+    from edgeqwen.pipeline import build as run_build
+
+    result = run_build(recipe, model, out_dir, force=force)
+    out.print(f"[green]built[/green] {result.path} "
+              f"({sum(f.bytes for f in result.manifest.files) / 2**20:,.1f} MiB, "
+              f"{result.manifest.build['seconds']:.0f} s)")
+
+
+@app.command()
+def resolve(
+    source: Annotated[str, typer.Argument(help="`sample`, a catalog id, a repo id, a folder or a .gguf.")],
+) -> None:
+    """Resolve a model source to a verified local checkpoint and print its folder.
+
+    Prepares the offline sample once, or pre-downloads a hub model for offline use.
+    """
+    from edgeqwen.sources import resolve as run_resolve
+
+    resolved = run_resolve(source)
+    for note in resolved.notes:
+        err.print(f"[yellow]note:[/yellow] {note}")
+    sys.stdout.write(f"{resolved.path}\n")
+
+
+@app.command()
+def inspect(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Show an artifact's manifest: recipe, source, tools, files and validation results."""
+    from edgeqwen.artifacts import load_manifest
+
+    manifest = load_manifest(artifact)
+    if as_json:
+        sys.stdout.write(manifest.model_dump_json(indent=2) + "\n")
+        return
+    out.print(f"[bold]{manifest.name}[/bold]  format={manifest.format}  runtime={manifest.runtime}  "
+              f"target={manifest.target.get('device')}/{manifest.target.get('profile')}")
+    out.print(f"recipe: {manifest.recipe.get('name')} (precision {manifest.recipe.get('precision')})"
+              f"  engine: {manifest.engine.get('name')}")
+    out.print(f"source: {manifest.source.spec} ({manifest.source.kind}) -> {manifest.source.path}")
+    out.print("tools: " + ", ".join(f"{k} {v}" for k, v in manifest.tools.items()))
+    out.print(f"built: {manifest.created_utc}, {manifest.build.get('seconds')} s, "
+              f"peak RSS {manifest.build.get('peak_rss_mb')} MB")
+    table = Table(title="files")
+    table.add_column("path")
+    table.add_column("size", justify="right")
+    table.add_column("sha256")
+    for f in manifest.files:
+        table.add_row(f.path, f"{f.bytes:,}", f.sha256[:16] + "…")
+    out.print(table)
+    for note in manifest.notes:
+        out.print(f"[yellow]note:[/yellow] {note}")
+    if manifest.validation:
+        out.print_json(json.dumps(manifest.validation))
+
+
+@app.command()
+def verify(artifact: Annotated[Path, typer.Argument(help="An artifact folder.")]) -> None:
+    """Re-hash every file of an artifact against its manifest; exit 1 on any change."""
+    from edgeqwen.artifacts import verify as run_verify
+    from edgeqwen.errors import ArtifactError
+
+    problems = run_verify(artifact)
+    if problems:
+        raise ArtifactError(f"{artifact} does not match its manifest:\n  " + "\n  ".join(problems),
+                            hint="rebuild the artifact, or restore the changed files")
+    out.print(f"[green]ok[/green] {artifact}: every file matches manifest.json")
+
+
+@app.command()
+def plugins() -> None:
+    """List the installed build engines and runtime backends (entry points)."""
+    from edgeqwen import registry
+
+    for reg in (registry.engines, registry.runtimes):
+        table = Table(title=f"{reg.kind}s (entry point group {reg.group})")
+        table.add_column("name")
+        table.add_column("provided by")
+        for name, where in reg.describe().items():
+            table.add_row(name, where)
+        out.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="edgeqwen", standalone_mode=False)
+    except EdgeQwenError as e:
+        err.print(f"[red]error:[/red] {e.message}", highlight=False)
+        if e.hint:
+            err.print(f"[dim]hint:[/dim] {e.hint}", highlight=False)
+        code = e.exit_code
+    except ClickException as e:  # usage errors are user errors, not "gate failed"
+        e.show()
+        code = 1
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("interrupted")
+        code = EXIT_INTERRUPTED
+    except Exception as e:
+        if os.environ.get("EDGEQWEN_DEBUG"):
+            traceback.print_exc()
+        err.print(f"[red]internal error:[/red] {type(e).__name__}: {e}", highlight=False)
+        err.print("[dim]set EDGEQWEN_DEBUG=1 for the traceback, and report it[/dim]")
+        code = EXIT_INTERNAL
+    return code if isinstance(code, int) else 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,66 @@
+"""The contract between the pipeline and a build engine."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgeqwen.errors import RecipeError
+from edgeqwen.recipes import Recipe
+from edgeqwen.sources import ResolvedSource
+from edgeqwen.versions import package_versions
+
+
+class EngineOptions(BaseModel):
+    """Base for an engine's algorithm options: unknown names are errors, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    recipe: Recipe
+    options: EngineOptions
+    source: ResolvedSource
+    out: Path  # the staging folder that becomes the artifact
+    work: Path  # scratch space, deleted after the build
+
+
+@dataclass
+class EngineResult:
+    options_passed: dict[str, Any]  # exactly what the engine gave its tool, for the manifest
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # engine-specific manifest data
+
+
+class Engine(ABC):
+    name: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]]
+    runtime: ClassVar[str]  # the runtime backend that loads what this engine builds
+    options_model: ClassVar[type[EngineOptions]] = EngineOptions
+    packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions go in the manifest
+
+    def validate_options(self, recipe: Recipe, origin: str = "recipe") -> EngineOptions:
+        try:
+            return self.options_model.model_validate(recipe.algorithm)
+        except ValidationError as err:
+            allowed = ", ".join(self.options_model.model_fields) or "none"
+            lines = [f"{origin}: the {self.name} engine rejects the algorithm options:"]
+            for e in err.errors():
+                where = ".".join(str(p) for p in e["loc"])
+                lines.append(f"  algorithm.{where}: {e['msg']}")
+            raise RecipeError("\n".join(lines), hint=f"options {self.name} reads: {allowed}") from None
+
+    def tool_versions(self) -> dict[str, str]:
+        return package_versions(self.packages)
+
+    def preflight(self, source: ResolvedSource, recipe: Recipe) -> None:  # noqa: B027
+        """Refuse early (memory, disk, unsupported model) before any work starts."""
+
+    @abstractmethod
+    def build(self, job: BuildJob) -> EngineResult:
+        """Write the model files into `job.out`."""

@@ -1,0 +1,84 @@
+"""The build pipeline: source -> recipe -> engine -> artifact (manifest).
+
+Each arrow is one call here; each box is one module. Validation plugs in after packaging.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeqwen import __version__, registry, sources
+from edgeqwen.artifacts import ArtifactWriter, Manifest, list_files, now_utc
+from edgeqwen.engines.base import BuildJob, Engine
+from edgeqwen.errors import RecipeError
+from edgeqwen.recipes import Recipe, load_recipe
+from edgeqwen.versions import package_versions
+
+CORE_PACKAGES = ("torch", "transformers", "huggingface_hub", "gguf")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    manifest: Manifest
+
+
+def engine_for(recipe: Recipe) -> Engine:
+    engine_cls = registry.engines.get(recipe.engine_name)
+    engine: Engine = engine_cls()
+    if recipe.format not in engine.formats:
+        raise RecipeError(
+            f"recipe {recipe.name!r} asks for format {recipe.format!r}, which the "
+            f"{engine.name} engine does not build (it builds {', '.join(engine.formats)})"
+        )
+    return engine
+
+
+def default_out(recipe: Recipe, source: sources.ResolvedSource) -> Path:
+    stem = source.catalog_id or source.path.name
+    return Path("artifacts") / f"{stem}-{recipe.name}"
+
+
+def build(recipe_ref: str | Path | Recipe, model: str | None = None,
+          out: str | Path | None = None, *, force: bool = False) -> BuildResult:
+    recipe = recipe_ref if isinstance(recipe_ref, Recipe) else load_recipe(recipe_ref)
+    spec = model or recipe.model
+    if not spec:
+        raise RecipeError(f"recipe {recipe.name!r} pins no model",
+                          hint="pass --model (a catalog id, repo id, folder, .gguf or `sample`)")
+    engine = engine_for(recipe)
+    options = engine.validate_options(recipe, f"recipe {recipe.name!r}")
+    if out is not None:  # refuse an existing folder before the slow steps, not after
+        ArtifactWriter(out, force=force).check_target()
+    source = sources.resolve(spec)
+    engine.preflight(source, recipe)
+    out_path = Path(out) if out else default_out(recipe, source)
+
+    started = time.perf_counter()
+    writer = ArtifactWriter(out_path, force=force)
+    with writer as staging, tempfile.TemporaryDirectory(prefix="edgeqwen-work-") as work:
+        result = engine.build(BuildJob(recipe=recipe, options=options, source=source,
+                                       out=staging, work=Path(work)))
+        files = list_files(staging)
+        seconds = time.perf_counter() - started
+        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        manifest = Manifest(
+            name=out_path.name, edgeqwen_version=__version__, created_utc=now_utc(),
+            format=recipe.format, runtime=engine.runtime, target=recipe.target.model_dump(),
+            recipe=recipe.model_dump(mode="json"), source=source.info(),
+            engine={"name": engine.name, "options": result.options_passed, **result.details},
+            tools={"python": platform.python_version(), "edgeqwen": __version__,
+                   **package_versions(CORE_PACKAGES), **engine.tool_versions()},
+            files=files,
+            build={"seconds": round(seconds, 2), "peak_rss_mb": round(usage, 1),
+                   "peak_rss_children_mb": round(children, 1)},
+            notes=[*source.notes, *result.notes],
+        )
+        final = writer.commit(manifest)
+    return BuildResult(path=final, manifest=manifest)

@@ -1,0 +1,118 @@
+"""The interface every runtime backend implements.
+
+A backend supplies the primitives (tokenize, render the chat template, stream token ids,
+logits); text streaming, stop strings and chat are built on them here, once, so all
+backends behave the same.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 means greedy, which is deterministic
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means no top-k filter
+    seed: int | None = None
+    stop: Sequence[str] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class Runtime(ABC):
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path, *, threads: int | None = None) -> Runtime:
+        """Load a model folder (artifact or checkpoint) this backend understands."""
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    @abstractmethod
+    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
+                    **template_kwargs: Any) -> str:
+        """The prompt text the model's own chat template makes of `messages`."""
+
+    @abstractmethod
+    def stream_ids(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[int]:
+        """New token ids, stopping before an end-of-sequence token or at max_new_tokens."""
+
+    @abstractmethod
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Next-token logits at every position: float32 array [len(token_ids), vocab]."""
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """Backend, device, threads and memory facts for reports."""
+
+    # Built on the primitives above.
+
+    def stream(self, prompt: str, options: GenerationOptions | None = None) -> Iterator[str]:
+        """Text pieces as they are generated, cut before the first stop string."""
+        options = options or GenerationOptions()
+        ids: list[int] = []
+        emitted = ""
+        for token in self.stream_ids(self.encode(prompt), options):
+            ids.append(token)
+            text = self.decode(ids)
+            if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+                continue
+            cut = _first_stop(text, options.stop)
+            if cut is not None:
+                if cut > len(emitted):
+                    yield text[len(emitted):cut]
+                return
+            # Hold back a tail that could still grow into a stop string.
+            safe = len(text) - _partial_stop_len(text, options.stop)
+            if safe > len(emitted):
+                yield text[len(emitted):safe]
+                emitted = text[:safe]
+        text = self.decode(ids)
+        if len(text) > len(emitted):
+            yield text[len(emitted):]
+
+    def generate(self, prompt: str, options: GenerationOptions | None = None) -> str:
+        return "".join(self.stream(prompt, options))
+
+    def chat(self, messages: Sequence[Message], options: GenerationOptions | None = None,
+             **template_kwargs: Any) -> str:
+        return self.generate(self.render_chat(messages, **template_kwargs), options)
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    found = [i for s in stops if s and (i := text.find(s)) >= 0]
+    return min(found) if found else None
+
+
+def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
+    longest = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:n]):
+                longest = n
+                break
+    return longest

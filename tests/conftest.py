@@ -1,0 +1,101 @@
+"""Shared fixtures: tiny random Qwen2 and Qwen3 checkpoints built in the test session.
+
+They are real checkpoints (config.json, safetensors, a trained byte-level BPE tokenizer
+with Qwen's special tokens and the Qwen2.5 ChatML template), so they take the same code
+paths as the real models, only in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. ",
+    "def add(a, b):\n    return a + b\n",
+    "import numpy as np\nprint(np.arange(10))\n",
+    "Qwen is a family of language models. Small models run on phones and laptops. ",
+    "for i in range(10):\n    if i % 2 == 0:\n        print(i)\n",
+    "Hej verden! Hallo Welt! Bonjour le monde! Привет, мир! 你好，世界！",
+]
+
+
+def _tokenizer(folder: Path) -> int:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                 pad_token="<|endoftext|>")
+    hf.chat_template = (FIXTURES / "qwen2.5_chat_template.jinja").read_text(encoding="utf-8")
+    hf.save_pretrained(folder)
+    return len(hf)
+
+
+def make_tiny_model(folder: Path, model_type: str, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config, Qwen3Config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _tokenizer(folder)
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  tie_word_embeddings=True, rope_theta=1_000_000.0, bos_token_id=0,
+                  eos_token_id=2, pad_token_id=0)
+    config = (Qwen2Config(**common) if model_type == "qwen2"
+              else Qwen3Config(head_dim=16, **common))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=[2, 0], pad_token_id=0)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2", "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen3", "qwen3")
+
+
+@pytest.fixture(params=["qwen2", "qwen3"])
+def tiny_model(request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue(f"tiny_{request.param}")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(request: pytest.FixtureRequest, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fast test gets its own EDGEQWEN_HOME. Slow tests share the user's cache, so the
+    sample is reassembled and dequantized once per machine, not once per test."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("EDGEQWEN_HOME", str(tmp_path / "edgeqwen-home"))
+
+
+def copy_checkpoint(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_json(path: Path, **changes: object) -> None:
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data))
