@@ -209,8 +209,9 @@ def inspect(
               f"  engine: {manifest.engine.get('name')}")
     out.print(f"source: {manifest.source.spec} ({manifest.source.kind}) -> {manifest.source.path}")
     out.print("tools: " + ", ".join(f"{k} {v}" for k, v in manifest.tools.items()))
-    out.print(f"built: {manifest.created_utc}, {manifest.build.get('seconds')} s, "
-              f"peak RSS {manifest.build.get('peak_rss_mb')} MB")
+    out.print(f"built: {manifest.created_utc}, {manifest.build.get('seconds')} s, peak RSS "
+              f"{manifest.build.get('peak_rss_mb')} MB (tools it ran: "
+              f"{manifest.build.get('peak_rss_children_mb')} MB)")
     table = Table(title="files")
     table.add_column("path")
     table.add_column("size", justify="right")
@@ -235,6 +236,90 @@ def verify(artifact: Annotated[Path, typer.Argument(help="An artifact folder.")]
         raise ArtifactError(f"{artifact} does not match its manifest:\n  " + "\n  ".join(problems),
                             hint="rebuild the artifact, or restore the changed files")
     out.print(f"[green]ok[/green] {artifact}: every file matches manifest.json")
+
+
+def _generation_options(max_new_tokens: int, temperature: float, top_p: float, top_k: int,
+                        seed: int | None, stop: list[str] | None) -> Any:
+    from runtimes.base import GenerationOptions
+
+    try:
+        return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()))
+    except ValueError as e:
+        raise EdgeQwenError(str(e)) from None
+
+
+MaxTokens = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate at most.")]
+Temperature = Annotated[float, typer.Option(help="0 is greedy (deterministic).")]
+TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (with temperature > 0).")]
+TopK = Annotated[int, typer.Option("--top-k", help="Sample among the k likeliest tokens (0: off).")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed for sampling.")]  # noqa: UP045
+Stop = Annotated[Optional[list[str]], typer.Option(help="Stop at this string (repeatable).")]  # noqa: UP045
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")]  # noqa: UP045
+System = Annotated[Optional[str], typer.Option(help="System prompt.")]  # noqa: UP045
+
+
+def _stream_to_stdout(pieces: Any) -> str:
+    text = []
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        text.append(piece)
+    sys.stdout.write("\n")
+    return "".join(text)
+
+
+@app.command("run")
+def run_prompt(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    prompt: Annotated[str, typer.Argument(help="The user message (or raw text with --raw).")],
+    raw: Annotated[bool, typer.Option(help="Feed the prompt as is, without the chat template.")] = False,
+    system: System = None, max_new_tokens: MaxTokens = 256, temperature: Temperature = 0.0,
+    top_p: TopP = 1.0, top_k: TopK = 0, seed: Seed = None, stop: Stop = None, threads: Threads = None,
+) -> None:
+    """Answer one prompt with an artifact, streaming the reply to stdout."""
+    from edgeqwen.runner import open_artifact
+
+    options = _generation_options(max_new_tokens, temperature, top_p, top_k, seed, stop)
+    runtime = open_artifact(artifact, threads=threads)
+    if not raw:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}]
+        prompt = runtime.render_chat(messages)
+    _stream_to_stdout(runtime.stream(prompt, options))
+
+
+@app.command()
+def chat(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    system: System = None, max_new_tokens: MaxTokens = 512, temperature: Temperature = 0.0,
+    top_p: TopP = 1.0, top_k: TopK = 0, seed: Seed = None, threads: Threads = None,
+) -> None:
+    """Chat with an artifact in the terminal (streaming). /reset clears the history,
+    /exit or Ctrl-D ends."""
+    from edgeqwen.runner import open_artifact
+
+    options = _generation_options(max_new_tokens, temperature, top_p, top_k, seed, None)
+    runtime = open_artifact(artifact, threads=threads)
+    start = [{"role": "system", "content": system}] if system else []
+    history = list(start)
+    err.print(f"[dim]{runtime.info()['backend']} · {artifact} · /reset, /exit[/dim]")
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            sys.stdout.write("\n")
+            return
+        if line.strip() == "/exit":
+            return
+        if line.strip() == "/reset":
+            history = list(start)
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        reply = _stream_to_stdout(runtime.stream(runtime.render_chat(history), options))
+        history.append({"role": "assistant", "content": reply})
 
 
 @app.command()

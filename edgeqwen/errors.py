@@ -44,3 +44,7 @@ class GateFailed(EdgeQwenError):
     """Validation ran and the artifact fell below the recipe's quality gates."""
 
     exit_code = 2
+
+
+class EngineError(EdgeQwenError):
+    """The external tool behind an engine failed; the message carries its last output lines."""

@@ -67,7 +67,7 @@ class Runtime(ABC):
 
     @abstractmethod
     def info(self) -> dict[str, Any]:
-        """Backend, device, threads and memory facts for reports."""
+        """Backend, device, threads and memory facts for reports (see `process_memory`)."""
 
     # Built on the primitives above.
 
@@ -101,6 +101,16 @@ class Runtime(ABC):
     def chat(self, messages: Sequence[Message], options: GenerationOptions | None = None,
              **template_kwargs: Any) -> str:
         return self.generate(self.render_chat(messages, **template_kwargs), options)
+
+
+def process_memory() -> dict[str, float]:
+    """Resident and peak memory of this process in MiB, for `info()`."""
+    import resource
+
+    import psutil
+
+    return {"rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.base import GenerationOptions, Message, Runtime
+from runtimes.base import GenerationOptions, Message, Runtime, process_memory
 
 
 class TransformersRuntime(Runtime):
@@ -83,7 +83,7 @@ class TransformersRuntime(Runtime):
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": "cpu", "dtype": "float32",
-                "threads": self.threads, "path": str(self.path)}
+                "threads": self.threads, "path": str(self.path), **process_memory()}
 
 
 def _pick(logits: Any, options: GenerationOptions, generator: Any) -> int:

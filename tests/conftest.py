@@ -41,7 +41,7 @@ def _tokenizer(folder: Path) -> int:
     return len(hf)
 
 
-def make_tiny_model(folder: Path, model_type: str, seed: int = 0) -> Path:
+def make_tiny_model(folder: Path, model_type: str, seed: int = 0, tied: bool = True) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config, Qwen3Config
 
@@ -49,7 +49,7 @@ def make_tiny_model(folder: Path, model_type: str, seed: int = 0) -> Path:
     vocab = _tokenizer(folder)
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  tie_word_embeddings=True, rope_theta=1_000_000.0, bos_token_id=0,
+                  tie_word_embeddings=tied, rope_theta=1_000_000.0, bos_token_id=0,
                   eos_token_id=2, pad_token_id=0)
     config = (Qwen2Config(**common) if model_type == "qwen2"
               else Qwen3Config(head_dim=16, **common))

@@ -9,8 +9,11 @@ from runtimes.transformers_backend import TransformersRuntime
 
 # Every shipped backend and engine must be exercised by a test module named here; a new
 # entry point without tests fails this file (as optimum's tiny-model map does).
-TESTED_RUNTIMES = {"transformers": "tests/test_runtime_transformers.py"}
-TESTED_ENGINES: dict[str, str] = {}
+TESTED_RUNTIMES = {
+    "transformers": "tests/test_runtime_transformers.py",
+    "onnxruntime-genai": "tests/test_engine_onnx_genai.py",
+}
+TESTED_ENGINES = {"onnxruntime-genai": "tests/test_engine_onnx_genai.py"}
 
 
 def test_every_shipped_runtime_is_tested_and_implements_the_interface() -> None:

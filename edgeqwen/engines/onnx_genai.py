@@ -1,0 +1,146 @@
+"""ONNX for CPU through the ONNX Runtime GenAI model builder.
+
+The builder runs as a subprocess (`python -m onnxruntime_genai.models.builder`): its peak
+memory is released when it exits and is measured as the child's peak RSS, and a crash in
+it cannot take edgeqwen down with a half-written artifact.
+
+Option names are those builder 0.18 reads. Older names (`int4_block_size`,
+`int4_accuracy_level`, ...) are refused here, because builder 0.18 ignores them silently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from edgeqwen import paths
+from edgeqwen.checkpoint import chat_template
+from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult
+from edgeqwen.errors import EngineError, RecipeError
+from edgeqwen.preflight import require_memory
+from edgeqwen.progress import step
+from edgeqwen.recipes import Recipe
+from edgeqwen.sources import ResolvedSource
+from edgeqwen.units import human
+
+BUILDER_MODULE = "onnxruntime_genai.models.builder"
+INSTALL_HINT = 'pip install -c constraints.txt "edgeqwen[onnx]"'
+QUANTIZED = ("int4", "int8")
+# Peak RSS of the builder as a multiple of the model's fp16 size, measured on the 0.5B
+# sample with builder 0.18 (see the recipe docs in the README). k_quant holds extra
+# per-block search state for every weight.
+PEAK_MEMORY_FACTOR = {"default": 7.0, "rtn": 7.0, "k_quant": 12.0, "fp16": 4.0, "fp32": 5.0}
+
+
+class OnnxGenAIOptions(EngineOptions):
+    block_size: Literal[16, 32, 64, 128, 256] = 32
+    accuracy_level: Literal[1, 2, 3, 4] = 4
+    is_symmetric: bool = True
+    algo_config: Literal["default", "rtn", "k_quant"] = "default"
+    # selector -> quant type, e.g. {last_matmul: int8, mixed_layers: int8}
+    matmul_mixed_precision: dict[Literal["last_matmul", "mixed_layers"], Literal["int4", "int8"]] = Field(
+        default_factory=dict)
+    op_types_to_quantize: list[Literal["MatMul", "Gather"]] = Field(default_factory=lambda: ["MatMul"])
+    nodes_to_exclude: list[str] = Field(default_factory=list)
+
+    def extra_options(self) -> dict[str, str]:
+        """The builder's KEY=VALUE options, every one of them explicit."""
+        extra = {
+            "block_size": str(self.block_size),
+            "accuracy_level": str(self.accuracy_level),
+            "is_symmetric": str(self.is_symmetric).lower(),
+            "algo_config": self.algo_config,
+            "op_types_to_quantize": "/".join(self.op_types_to_quantize),
+        }
+        if self.matmul_mixed_precision:
+            extra["matmul_mixed_precision"] = ",".join(
+                f"{k}:{v}" for k, v in self.matmul_mixed_precision.items())
+        if self.nodes_to_exclude:
+            extra["nodes_to_exclude"] = ",".join(self.nodes_to_exclude)
+        return extra
+
+
+class OnnxGenAIEngine(Engine):
+    name = "onnxruntime-genai"
+    formats = ("onnx",)
+    runtime = "onnxruntime-genai"
+    options_model = OnnxGenAIOptions
+    packages = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir")
+
+    def validate_options(self, recipe: Recipe, origin: str = "recipe") -> OnnxGenAIOptions:
+        options = super().validate_options(recipe, origin)
+        if recipe.precision not in QUANTIZED and recipe.algorithm:
+            raise RecipeError(f"{origin}: algorithm options apply to int4/int8 only; "
+                              f"precision {recipe.precision} takes none",
+                              hint="remove the `algorithm` section")
+        return options  # type: ignore[return-value]
+
+    def preflight(self, source: ResolvedSource, recipe: Recipe) -> None:
+        if importlib.util.find_spec("onnxruntime_genai") is None:
+            raise EngineError("the ONNX engine needs onnxruntime-genai, which is not installed",
+                              hint=INSTALL_HINT)
+        options = self.validate_options(recipe)
+        key = options.algo_config if recipe.precision in QUANTIZED else recipe.precision
+        fp16 = source.spec_info().weight_bytes("fp16")
+        require_memory(int(fp16 * PEAK_MEMORY_FACTOR[key]),
+                       f"the ONNX Runtime GenAI builder ({recipe.precision}, {key}; it peaks at "
+                       f"about {PEAK_MEMORY_FACTOR[key]:g}x the fp16 model, {human(fp16)})")
+
+    def build(self, job: BuildJob) -> EngineResult:
+        options: OnnxGenAIOptions = job.options  # type: ignore[assignment]
+        recipe = job.recipe
+        extra = options.extra_options() if recipe.precision in QUANTIZED else {}
+        cmd = [sys.executable, "-m", BUILDER_MODULE, "-i", str(job.source.path), "-o", str(job.out),
+               "-p", recipe.precision, "-e", "cpu", "-c", str(job.work / "builder-cache")]
+        if extra:
+            cmd += ["--extra_options", *(f"{k}={v}" for k, v in extra.items())]
+        log = job.work / "builder.log"
+        with step(f"ONNX Runtime GenAI builder: {recipe.precision} {extra.get('algo_config', '')}"):
+            _run_logged(cmd, log)
+        config = _set_context_length(job.out / "genai_config.json", recipe.context_length)
+        template = chat_template(job.source.path)
+        if template and not (job.out / "chat_template.jinja").is_file():
+            (job.out / "chat_template.jinja").write_text(template, encoding="utf-8")
+        return EngineResult(
+            options_passed={"precision": recipe.precision, "execution_provider": "cpu",
+                            "extra_options": extra},
+            details={"search_max_length": config["search"]["max_length"]},
+        )
+
+
+def _run_logged(cmd: list[str], log: Path) -> None:
+    tail: deque[str] = deque(maxlen=25)
+    with log.open("w", encoding="utf-8") as fh:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            fh.write(line)
+            tail.append(line.rstrip())
+        code = proc.wait()
+    if code != 0:
+        kept = paths.home() / "logs" / f"onnx-builder-{int(time.time())}.log"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log, kept)
+        last = "\n    ".join(line[-300:] for line in tail if line.strip())
+        raise EngineError(f"the ONNX Runtime GenAI builder failed (exit {code}); last output:\n    {last}",
+                          hint=f"full log: {kept}; check the source model and the recipe's "
+                          "algorithm options")
+
+
+def _set_context_length(path: Path, context_length: int) -> dict:
+    """Cap what runtimes allocate: the builder copies the model's full 32k/40k context."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    model_max = config["model"].get("context_length") or context_length
+    config["search"]["max_length"] = min(context_length, model_max)
+    path.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+    return config

@@ -1,0 +1,49 @@
+"""Slow tier: the real sample through the ONNX engine and runtime, end to end."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeqwen.artifacts import load_manifest
+from edgeqwen.cli import main
+from edgeqwen.pipeline import build
+
+pytestmark = pytest.mark.slow
+QUESTION = "Write a python function that reverses a string."
+
+
+@pytest.fixture(scope="module")
+def sample_int4(tmp_path_factory) -> Path:
+    return build("onnx-cpu-int4", "sample", tmp_path_factory.mktemp("sample") / "int4").path
+
+
+def test_stock_onnxruntime_genai_loads_it_and_it_codes(sample_int4, capsys) -> None:
+    import onnxruntime_genai as og
+
+    og.Model(str(sample_int4))
+    genai = json.loads((sample_int4 / "genai_config.json").read_text())
+    assert genai["search"]["max_length"] == 4096  # not the model's 32k
+    manifest = load_manifest(sample_int4)
+    assert manifest.source.kind == "sample"
+    assert manifest.engine["options"]["extra_options"]["algo_config"] == "k_quant"
+    weights = sum(f.bytes for f in manifest.files if f.path.startswith("model.onnx"))
+    assert 300e6 < weights < 1000e6  # INT4 MatMuls, fp32 embedding
+    assert main(["run", str(sample_int4), QUESTION, "-n", "60", "--threads", "2"]) == 0
+    reply = capsys.readouterr().out
+    assert "def reverse" in reply and ("[::-1]" in reply or "reversed" in reply)
+
+
+def test_int4_tracks_the_reference_on_code(sample_int4) -> None:
+    from edgeqwen import sources
+    from runtimes.onnxruntime_genai_backend import OnnxGenAIRuntime
+    from runtimes.transformers_backend import TransformersRuntime
+
+    ref = TransformersRuntime.load(sources.resolve("sample").path, threads=2)
+    art = OnnxGenAIRuntime.load(sample_int4, threads=2)
+    text = Path(__file__).read_text()[:1500]
+    ids = ref.encode(text)
+    assert art.encode(text) == ids
+    agreement = float(np.mean(ref.logits(ids).argmax(-1) == art.logits(ids).argmax(-1)))
+    assert agreement > 0.75, f"top-1 agreement {agreement:.2f}"
