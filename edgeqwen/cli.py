@@ -46,14 +46,11 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _mb(n: float) -> str:
-    return f"{n / 2**20:,.0f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
-
-
 @app.command()
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False) -> None:
     """List the supported Qwen models with their architecture and deployment sizes."""
     from edgeqwen.catalog import CATALOG
+    from edgeqwen.units import human
 
     if as_json:
         _print_json([m.to_dict() for m in CATALOG.values()])
@@ -71,7 +68,7 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for 
             f"{m.id}\n[dim]{m.repo_id}[/dim]", m.family, f"{m.params / 1e9:.2f}B",
             f"{m.layers}x{m.hidden}\n{m.heads}/{m.kv_heads} heads", f"{m.context_length:,}",
             m.license, "yes" if m.thinking else "no", "yes" if m.tied_embeddings else "no",
-            "\n".join(_mb(m.weight_bytes(p)) for p in ("fp16", "int8", "int4")),
+            "\n".join(human(m.weight_bytes(p)) for p in ("fp16", "int8", "int4")),
             f"{m.kv_bytes_per_token / 1024:.0f} KiB",
         )
     out.print(table)
