@@ -56,7 +56,7 @@ def build(recipe_ref: str | Path | Recipe, model: str | None = None,
     if out is not None:  # refuse an existing folder before the slow steps, not after
         ArtifactWriter(out, force=force).check_target()
     source = sources.resolve(spec)
-    engine.preflight(source, recipe)
+    engine.preflight(source, recipe, options)
     out_path = Path(out) if out else default_out(recipe, source)
 
     started = time.perf_counter()

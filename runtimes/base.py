@@ -7,6 +7,7 @@ backends behave the same.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,11 @@ class Runtime(ABC):
     def chat(self, messages: Sequence[Message], options: GenerationOptions | None = None,
              **template_kwargs: Any) -> str:
         return self.generate(self.render_chat(messages, **template_kwargs), options)
+
+
+def default_threads(threads: int | None) -> int:
+    """The thread count a backend uses: the caller's, else every core."""
+    return threads or os.cpu_count() or 1
 
 
 def process_memory() -> dict[str, float]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtimes.base import GenerationOptions, Message, Runtime, process_memory
+from runtimes.base import GenerationOptions, Message, Runtime, default_threads, process_memory
 
 
 class OnnxGenAIRuntime(Runtime):
@@ -32,7 +31,7 @@ class OnnxGenAIRuntime(Runtime):
 
         path = Path(path)
         genai_config = json.loads((path / "genai_config.json").read_text(encoding="utf-8"))
-        threads = threads or os.cpu_count() or 1
+        threads = default_threads(threads)
         config = og.Config(str(path))
         # onnxruntime-genai uses one core unless told otherwise.
         config.overlay(json.dumps(

@@ -5,14 +5,13 @@ Validation compares every artifact against this backend.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtimes.base import GenerationOptions, Message, Runtime, process_memory
+from runtimes.base import GenerationOptions, Message, Runtime, default_threads, process_memory
 
 
 class TransformersRuntime(Runtime):
@@ -38,7 +37,7 @@ class TransformersRuntime(Runtime):
 
         path = Path(path)
         check_checkpoint(path)  # refuses remote code and pickles before transformers sees it
-        threads = threads or os.cpu_count() or 1
+        threads = default_threads(threads)
         torch.set_num_threads(threads)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

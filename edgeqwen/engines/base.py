@@ -58,7 +58,8 @@ class Engine(ABC):
     def tool_versions(self) -> dict[str, str]:
         return package_versions(self.packages)
 
-    def preflight(self, source: ResolvedSource, recipe: Recipe) -> None:  # noqa: B027
+    def preflight(self, source: ResolvedSource, recipe: Recipe,  # noqa: B027
+                  options: EngineOptions) -> None:
         """Refuse early (memory, disk, unsupported model) before any work starts."""
 
     @abstractmethod

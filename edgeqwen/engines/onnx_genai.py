@@ -84,11 +84,11 @@ class OnnxGenAIEngine(Engine):
                               hint="remove the `algorithm` section")
         return options  # type: ignore[return-value]
 
-    def preflight(self, source: ResolvedSource, recipe: Recipe) -> None:
+    def preflight(self, source: ResolvedSource, recipe: Recipe, options: EngineOptions) -> None:
         if importlib.util.find_spec("onnxruntime_genai") is None:
             raise EngineError("the ONNX engine needs onnxruntime-genai, which is not installed",
                               hint=INSTALL_HINT)
-        options = self.validate_options(recipe)
+        assert isinstance(options, OnnxGenAIOptions)
         key = options.algo_config if recipe.precision in QUANTIZED else recipe.precision
         fp16 = source.spec_info().weight_bytes("fp16")
         require_memory(int(fp16 * PEAK_MEMORY_FACTOR[key]),
