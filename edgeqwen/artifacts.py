@@ -76,7 +76,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; artifacts are shared files
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _payload_files(folder: Path) -> list[Path]:
@@ -142,6 +149,7 @@ class ArtifactWriter:
         self.check_target()
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        os.chmod(self.staging, 0o777 & ~_umask())  # readable by a model server running as another user
         return self.staging
 
     def commit(self, manifest: Manifest) -> Path:

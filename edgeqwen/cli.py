@@ -254,14 +254,19 @@ Seed = Annotated[Optional[int], typer.Option(help="Random seed for sampling.")] 
 Stop = Annotated[Optional[list[str]], typer.Option(help="Stop at this string (repeatable).")]  # noqa: UP045
 Threads = Annotated[Optional[int], typer.Option(help="CPU threads (default: all cores).")]  # noqa: UP045
 System = Annotated[Optional[str], typer.Option(help="System prompt.")]  # noqa: UP045
+Context = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    "--context", help="Context length in tokens, prompt + reply (default: the artifact's recipe).")]
 
 
 def _stream_to_stdout(pieces: Any) -> str:
     text = []
-    for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-        text.append(piece)
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            text.append(piece)
+    except ValueError as e:  # the runtimes' way of saying the prompt does not fit
+        raise EdgeQwenError(str(e), hint="shorten the prompt, or pass a larger --context") from None
     sys.stdout.write("\n")
     return "".join(text)
 
@@ -273,12 +278,13 @@ def run_prompt(
     raw: Annotated[bool, typer.Option(help="Feed the prompt as is, without the chat template.")] = False,
     system: System = None, max_new_tokens: MaxTokens = 256, temperature: Temperature = 0.0,
     top_p: TopP = 1.0, top_k: TopK = 0, seed: Seed = None, stop: Stop = None, threads: Threads = None,
+    context: Context = None,
 ) -> None:
     """Answer one prompt with an artifact, streaming the reply to stdout."""
     from edgeqwen.runner import open_artifact
 
     options = _generation_options(max_new_tokens, temperature, top_p, top_k, seed, stop)
-    runtime = open_artifact(artifact, threads=threads)
+    runtime = open_artifact(artifact, threads=threads, context_length=context)
     if not raw:
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}]
@@ -291,13 +297,14 @@ def chat(
     artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
     system: System = None, max_new_tokens: MaxTokens = 512, temperature: Temperature = 0.0,
     top_p: TopP = 1.0, top_k: TopK = 0, seed: Seed = None, threads: Threads = None,
+    context: Context = None,
 ) -> None:
     """Chat with an artifact in the terminal (streaming). /reset clears the history,
     /exit or Ctrl-D ends."""
     from edgeqwen.runner import open_artifact
 
     options = _generation_options(max_new_tokens, temperature, top_p, top_k, seed, None)
-    runtime = open_artifact(artifact, threads=threads)
+    runtime = open_artifact(artifact, threads=threads, context_length=context)
     start = [{"role": "system", "content": system}] if system else []
     history = list(start)
     err.print(f"[dim]{runtime.info()['backend']} · {artifact} · /reset, /exit[/dim]")

@@ -34,38 +34,41 @@ class GGUFInfo:
     has_chat_template: bool
 
 
+def _check_magic(path: Path) -> None:
+    with path.open("rb") as fh:
+        if fh.read(4) != GGUF_MAGIC:
+            raise SourceError(f"{path} is not a GGUF file (it does not start with 'GGUF')",
+                              hint="pass a .gguf produced by llama.cpp, or a Hugging Face folder")
+
+
 def read_gguf_info(path: Path) -> GGUFInfo:
     """Read the header with the `gguf` package; a clear error for corrupt or foreign files."""
     from gguf import GGUFReader, LlamaFileType
 
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic != GGUF_MAGIC:
-        raise SourceError(f"{path} is not a GGUF file (it does not start with 'GGUF')",
-                          hint="pass a .gguf produced by llama.cpp, or a Hugging Face folder")
+    _check_magic(path)
     try:
         reader = GGUFReader(path)
     except Exception as err:  # the reader raises many types on truncated data
         raise SourceError(f"{path} is corrupt or truncated: {err}",
                           hint="download the file again and compare its sha256") from None
 
-    def field(key: str) -> Any:
+    def meta(key: str) -> Any:
         f = reader.fields.get(key)
         return None if f is None else f.contents()
 
-    arch = field("general.architecture")
+    arch = meta("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise SourceError(f"{path} holds a {arch!r} model; edgeqwen builds Qwen models "
                           f"(GGUF architecture {' or '.join(SUPPORTED_ARCHITECTURES)})")
-    ftype = field("general.file_type")
+    ftype = meta("general.file_type")
     try:
         ftype_name = LlamaFileType(ftype).name if ftype is not None else "unknown"
     except ValueError:
         ftype_name = f"type {ftype}"
     return GGUFInfo(
-        architecture=arch, name=field("general.name"), file_type=ftype_name,
+        architecture=arch, name=meta("general.name"), file_type=ftype_name,
         params=sum(int(t.n_elements) for t in reader.tensors),
-        has_chat_template=field("tokenizer.chat_template") is not None,
+        has_chat_template=meta("tokenizer.chat_template") is not None,
     )
 
 
@@ -73,12 +76,13 @@ def dequantize(path: Path, *, sha256: str | None = None,
                dtype: str = "float32") -> tuple[Path, dict[str, Any]]:
     """Return (checkpoint folder, marker data) for the GGUF at `path`, building it if needed."""
     path = Path(path).absolute()
-    info = read_gguf_info(path)
+    _check_magic(path)
     sha256 = sha256 or sha256_files([path], f"hashing {path.name}")[path]
     target = paths.sources_dir() / f"gguf-{sha256[:16]}-{dtype}"
     marker = target / MARKER
-    if marker.is_file():
+    if marker.is_file():  # before reading the header: GGUFReader takes seconds on a 150k vocabulary
         return target, json.loads(marker.read_text(encoding="utf-8"))
+    info = read_gguf_info(path)
 
     weights = info.params * _DTYPE_BYTES[dtype]
     require_disk(target.parent, int(weights * 1.1), f"the dequantized checkpoint of {path.name}")

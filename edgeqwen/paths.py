@@ -1,4 +1,4 @@
-"""Where edgeqwen keeps its cache (reassembled samples, dequantized checkpoints, hub downloads)."""
+"""Where edgeqwen keeps its cache (samples, dequantized checkpoints, hub downloads, tools)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,11 @@ def sources_dir() -> Path:
 
 def hub_dir() -> Path:
     return home() / "hub"
+
+
+def tools_dir() -> Path:
+    """Third-party tools fetched on first use (llama.cpp's converter): `EDGEQWEN_TOOLS_DIR`,
+    else `<home>/tools`. Separate so tests with a throw-away home can share one copy."""
+    if env := os.environ.get("EDGEQWEN_TOOLS_DIR"):
+        return Path(env).expanduser()
+    return home() / "tools"

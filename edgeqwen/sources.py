@@ -42,6 +42,13 @@ class ResolvedSource:
     def model_type(self) -> str:
         return self.config["model_type"]
 
+    @property
+    def display_name(self) -> str:
+        """The model's name for tools that label their output (GGUF `general.name`)."""
+        known = catalog.find(self.catalog_id) if self.catalog_id else None
+        repo = known.repo_id if known else self.repo_id
+        return repo.rsplit("/", 1)[-1] if repo else self.path.name
+
     def spec_info(self) -> catalog.ModelSpec:
         known = catalog.find(self.catalog_id) if self.catalog_id else None
         return known or catalog.spec_from_config(self.config)

@@ -44,8 +44,12 @@ class Runtime(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, path: Path, *, threads: int | None = None) -> Runtime:
-        """Load a model folder (artifact or checkpoint) this backend understands."""
+    def load(cls, path: Path, *, threads: int | None = None,
+             context_length: int | None = None) -> Runtime:
+        """Load a model folder (artifact or checkpoint) this backend understands.
+
+        `context_length` caps prompt + reply (backends size their caches to it); None means
+        the artifact's own setting."""
 
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...

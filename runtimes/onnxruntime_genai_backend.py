@@ -26,7 +26,8 @@ class OnnxGenAIRuntime(Runtime):
         self.template = template.read_text(encoding="utf-8") if template.is_file() else None
 
     @classmethod
-    def load(cls, path: Path, *, threads: int | None = None) -> OnnxGenAIRuntime:
+    def load(cls, path: Path, *, threads: int | None = None,
+             context_length: int | None = None) -> OnnxGenAIRuntime:
         import onnxruntime_genai as og
 
         path = Path(path)
@@ -37,7 +38,8 @@ class OnnxGenAIRuntime(Runtime):
         config.overlay(json.dumps(
             {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
         model = og.Model(config)
-        return cls(model, og.Tokenizer(model), path, threads, genai_config["search"]["max_length"])
+        max_length = genai_config["search"]["max_length"]
+        return cls(model, og.Tokenizer(model), path, threads, min(context_length or max_length, max_length))
 
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer.encode(text)]

@@ -29,7 +29,9 @@ class TransformersRuntime(Runtime):
         self.eos_ids = frozenset(eos_ids)
 
     @classmethod
-    def load(cls, path: Path, *, threads: int | None = None) -> TransformersRuntime:
+    def load(cls, path: Path, *, threads: int | None = None,
+             context_length: int | None = None) -> TransformersRuntime:
+        # The reference allocates its cache as it goes: context_length needs no sizing here.
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from edgeqwen import paths
+
 FIXTURES = Path(__file__).parent / "fixtures"
+# The user's edgeqwen cache, read before any test points EDGEQWEN_HOME elsewhere: slow tests,
+# fetched tools and the extracted Qwen tokenizer live there, once per machine.
+REAL_HOME = paths.home()
+REAL_TOOLS = paths.tools_dir()
+QWEN_VOCAB_SIZE, QWEN_ENDOFTEXT, QWEN_IM_END = 151936, 151643, 151645
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. ",
@@ -41,21 +48,31 @@ def _tokenizer(folder: Path) -> int:
     return len(hf)
 
 
-def make_tiny_model(folder: Path, model_type: str, seed: int = 0, tied: bool = True) -> Path:
+def make_tiny_model(folder: Path, model_type: str, seed: int = 0, tied: bool = True,
+                    tokenizer: Path | None = None) -> Path:
+    """A tiny random checkpoint; with `tokenizer` (a folder), Qwen's real tokenizer and vocabulary
+    size instead of the trained 384-token one (llama.cpp's converter accepts only known ones)."""
+    import shutil
+
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, Qwen2Config, Qwen3Config
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = _tokenizer(folder)
+    if tokenizer is None:
+        vocab, pad, eos = _tokenizer(folder), 0, 2
+    else:
+        for f in tokenizer.iterdir():
+            shutil.copy(f, folder / f.name)
+        vocab, pad, eos = QWEN_VOCAB_SIZE, QWEN_ENDOFTEXT, QWEN_IM_END
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                  tie_word_embeddings=tied, rope_theta=1_000_000.0, bos_token_id=0,
-                  eos_token_id=2, pad_token_id=0)
+                  tie_word_embeddings=tied, rope_theta=1_000_000.0, bos_token_id=pad,
+                  eos_token_id=eos, pad_token_id=pad)
     config = (Qwen2Config(**common) if model_type == "qwen2"
               else Qwen3Config(head_dim=16, **common))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=[2, 0], pad_token_id=0)
+    model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)
     model.save_pretrained(folder)
     return folder
 
@@ -75,11 +92,46 @@ def tiny_model(request: pytest.FixtureRequest) -> Path:
     return request.getfixturevalue(f"tiny_{request.param}")
 
 
+@pytest.fixture(scope="session")
+def qwen_tokenizer() -> Path:
+    """Qwen2.5's real tokenizer files, read from the offline sample GGUF's metadata (no weights
+    are dequantized) and cached in the user's edgeqwen cache."""
+    import os
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from edgeqwen import sample
+
+    target = REAL_HOME / "test-cache" / f"qwen-tokenizer-{sample.SAMPLE_SHA256[:16]}"
+    if not (target / "tokenizer.json").is_file():
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("EDGEQWEN_HOME", str(REAL_HOME))
+            gguf = sample.assemble()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent))
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(staging)
+        os.replace(staging, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_real_vocab(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer: Path) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2-rv", "qwen2", tokenizer=qwen_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_real_vocab(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer: Path) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen3-rv", "qwen3", tokenizer=qwen_tokenizer)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(request: pytest.FixtureRequest, tmp_path: Path,
                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Each fast test gets its own EDGEQWEN_HOME. Slow tests share the user's cache, so the
-    sample is reassembled and dequantized once per machine, not once per test."""
+    sample is reassembled and dequantized once per machine, not once per test. Fetched
+    tools (llama.cpp's converter) are shared by all tests."""
+    monkeypatch.setenv("EDGEQWEN_TOOLS_DIR", str(REAL_TOOLS))
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setenv("EDGEQWEN_HOME", str(tmp_path / "edgeqwen-home"))
 

@@ -1,8 +1,7 @@
 """ONNX for CPU through the ONNX Runtime GenAI model builder.
 
-The builder runs as a subprocess (`python -m onnxruntime_genai.models.builder`): its peak
-memory is released when it exits and is measured as the child's peak RSS, and a crash in
-it cannot take edgeqwen down with a half-written artifact.
+The builder runs as a child process (`python -m onnxruntime_genai.models.builder`, see
+`tool_process`).
 
 Option names are those builder 0.18 reads. Older names (`int4_block_size`,
 `int4_accuracy_level`, ...) are refused here, because builder 0.18 ignores them silently.
@@ -12,19 +11,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
-import subprocess
 import sys
-import time
-from collections import deque
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from edgeqwen import paths
 from edgeqwen.checkpoint import chat_template
 from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult
+from edgeqwen.engines.tool_process import run_tool
 from edgeqwen.errors import EngineError, RecipeError
 from edgeqwen.preflight import require_memory
 from edgeqwen.progress import step
@@ -105,7 +100,8 @@ class OnnxGenAIEngine(Engine):
             cmd += ["--extra_options", *(f"{k}={v}" for k, v in extra.items())]
         log = job.work / "builder.log"
         with step(f"ONNX Runtime GenAI builder: {recipe.precision} {extra.get('algo_config', '')}"):
-            _run_logged(cmd, log)
+            run_tool(cmd, log, tool="the ONNX Runtime GenAI builder",
+                     hint="check the source model and the recipe's algorithm options")
         config = _set_context_length(job.out / "genai_config.json", recipe.context_length)
         template = chat_template(job.source.path)
         if template and not (job.out / "chat_template.jinja").is_file():
@@ -115,26 +111,6 @@ class OnnxGenAIEngine(Engine):
                             "extra_options": extra},
             details={"search_max_length": config["search"]["max_length"]},
         )
-
-
-def _run_logged(cmd: list[str], log: Path) -> None:
-    tail: deque[str] = deque(maxlen=25)
-    with log.open("w", encoding="utf-8") as fh:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace")
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            fh.write(line)
-            tail.append(line.rstrip())
-        code = proc.wait()
-    if code != 0:
-        kept = paths.home() / "logs" / f"onnx-builder-{int(time.time())}.log"
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(log, kept)
-        last = "\n    ".join(line[-300:] for line in tail if line.strip())
-        raise EngineError(f"the ONNX Runtime GenAI builder failed (exit {code}); last output:\n    {last}",
-                          hint=f"full log: {kept}; check the source model and the recipe's "
-                          "algorithm options")
 
 
 def _set_context_length(path: Path, context_length: int) -> dict:
