@@ -158,11 +158,16 @@ def build(
     out_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--out", "-o", help="Artifact folder (default: artifacts/<model>-<recipe>).")] = None,
     force: Annotated[bool, typer.Option(help="Replace the output folder if it exists.")] = False,
+    validate: Annotated[bool, typer.Option(
+        "--validate/--no-validate", help="Measure the artifact against its source and apply the "
+        "recipe's gates (exit 2 when one fails; the artifact is kept, marked as failed).")] = True,
+    threads: Threads = None,
 ) -> None:
-    """Build an artifact from a recipe and a model source.
+    """Build an artifact from a recipe and a model source, then validate it.
 
     Resolves the source, converts and quantizes it with the recipe's engine, and writes the
     model files with a manifest.json. The folder appears only when the build succeeded.
+    Validation (see `edgeqwen validate`) runs on the shipped texts and is recorded in the manifest.
     """
     from edgeqwen.pipeline import build as run_build
 
@@ -170,6 +175,82 @@ def build(
     out.print(f"[green]built[/green] {result.path} "
               f"({sum(f.bytes for f in result.manifest.files) / 2**20:,.1f} MiB, "
               f"{result.manifest.build['seconds']:.0f} s)")
+    if validate:
+        from edgeqwen.validation import validate_artifact
+
+        report, gates = validate_artifact(result.path, threads=threads)
+        _show_validation(report, gates)
+
+
+def _show_validation(report: Any, gates: list[Any]) -> None:
+    from edgeqwen.errors import GateFailed
+
+    table = Table(title=f"quality vs {report.reference}")
+    for col in ("text", "tokens", "ppl reference", "ppl", "ppl Δ %", "KL", "top-1"):
+        table.add_column(col, justify="left" if col == "text" else "right")
+    rows = [*report.texts.items(), ("overall", report.overall)]
+    for name, m in rows:
+        table.add_row(name, str(m.tokens), f"{m.ppl_reference:.3f}", f"{m.ppl:.3f}",
+                      f"{m.ppl_increase_pct:+.2f}", f"{m.kl:.4f}", f"{m.top1_agreement:.1%}",
+                      style="bold" if name == "overall" else None)
+    out.print(table)
+    out.print(f"greedy continuations: {report.greedy_match:.0%} of the reference's tokens reproduced "
+              f"({len(report.greedy)} chat prompts)")
+    if report.tokenizer_mismatches:
+        out.print(f"[yellow]note:[/yellow] the two sides tokenize {', '.join(report.tokenizer_mismatches)} "
+                  "differently; both were fed the reference's token ids")
+    if not gates:
+        out.print("no gates in the recipe")
+        return
+    gate_table = Table(title="gates")
+    for col in ("gate", "limit", "measured", "result"):
+        gate_table.add_column(col)
+    for g in gates:
+        gate_table.add_row(g.gate, f"{g.limit:g}", f"{g.value:g}",
+                           "[green]pass[/green]" if g.passed else "[red]FAIL[/red]")
+    out.print(gate_table)
+    failed = [g for g in gates if not g.passed]
+    if failed:
+        raise GateFailed("quality gates failed: " + ", ".join(
+            f"{g.metric} {g.value:g} (limit {g.limit:g})" for g in failed),
+            hint="use a higher-precision recipe or a better algorithm; the numbers are in the manifest")
+
+
+@app.command()
+def validate(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    reference: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="What to compare against: a checkpoint folder, `sample`, a model id (run by "
+        "transformers in fp32), or another artifact. Default: the source in the manifest.")] = None,
+    text: Annotated[Optional[list[Path]], typer.Option(  # noqa: UP045
+        help="A UTF-8 text file to measure on (repeatable). Default: the shipped English, "
+        "Python and multilingual texts.")] = None,
+    chunk: Annotated[int, typer.Option(help="Tokens per scored window.")] = 512,
+    max_tokens: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Score at most this many tokens of each text.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    record: Annotated[bool, typer.Option(help="Write the results into the manifest.")] = True,
+    threads: Threads = None,
+) -> None:
+    """Measure an artifact against its reference: perplexity of both and its increase, mean KL
+    divergence, top-1 agreement, greedy-continuation match; then the recipe's gates (exit 2
+    when one fails)."""
+    from edgeqwen.validation import read_texts, validate_artifact
+
+    texts = read_texts(text) if text else None
+    report, gates = validate_artifact(artifact, reference=reference, texts=texts, threads=threads,
+                                      chunk=chunk, max_tokens=max_tokens, record=record)
+    if as_json:
+        from dataclasses import asdict
+
+        print(json.dumps({**report.to_dict(), "gates": [asdict(g) for g in gates],
+                          "passed": all(g.passed for g in gates)}, indent=2))
+        if not all(g.passed for g in gates):
+            from edgeqwen.errors import GateFailed
+
+            raise GateFailed("quality gates failed (see the JSON report)")
+        return
+    _show_validation(report, gates)
 
 
 @app.command()

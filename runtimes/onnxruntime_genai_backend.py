@@ -83,7 +83,7 @@ class OnnxGenAIRuntime(Runtime):
             yield token
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
-        generator = self._generator(token_ids, len(token_ids) + 1)
+        generator = self._generator(token_ids, len(token_ids))
         return np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
 
     def info(self) -> dict[str, Any]:

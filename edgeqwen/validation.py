@@ -1,0 +1,246 @@
+"""Quality of an artifact measured against its reference, and the recipe's gates.
+
+Both sides are fed the same token ids (the reference's tokenization), chunk by chunk:
+perplexity of each, mean KL divergence KL(reference || artifact) of the next-token
+distributions, top-1 agreement; then greedy continuations of a few chat prompts, compared
+token by token. Everything goes through the common runtime interface, so any backend can
+be either side.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeqwen.errors import EdgeQwenError
+from runtimes.base import GenerationOptions, Runtime
+
+DEFAULT_CHUNK = 512
+GREEDY_TOKENS = 32
+# Chat prompts for the greedy-continuation check: code, explanation, non-English.
+PROMPTS = (
+    "Write a Python function that checks whether a string is a palindrome.",
+    "Explain in three sentences why the sky is blue.",
+    "Skriv en kort hilsen til en kollega, der har fødselsdag.",
+)
+ROW_BLOCK = 128  # logits rows scored at once: bounds the float64 temporaries to ~150 MB
+
+
+@dataclass(frozen=True)
+class Metrics:
+    tokens: int  # scored positions
+    ppl_reference: float
+    ppl: float
+    ppl_increase_pct: float
+    kl: float
+    top1_agreement: float
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    metric: str
+    value: float
+    limit: float
+    passed: bool
+
+
+@dataclass
+class Report:
+    reference: str
+    candidate: str
+    chunk: int
+    texts: dict[str, Metrics]
+    overall: Metrics
+    greedy_match: float  # mean fraction of the reference's greedy tokens reproduced in order
+    greedy: list[dict[str, Any]] = field(default_factory=list)
+    tokenizer_mismatches: list[str] = field(default_factory=list)  # texts the two sides tokenize differently
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Sums:
+    """Running sums over scored positions, so overall figures weight every token equally."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.nll_reference = 0.0
+        self.nll = 0.0
+        self.kl = 0.0
+        self.top1 = 0
+
+    def add(self, other: _Sums) -> None:
+        self.n += other.n
+        self.nll_reference += other.nll_reference
+        self.nll += other.nll
+        self.kl += other.kl
+        self.top1 += other.top1
+
+    def score(self, reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray) -> None:
+        """Logits [n, vocab] of both sides at the positions that predict `targets` [n]."""
+        for start in range(0, len(targets), ROW_BLOCK):
+            rows = slice(start, start + ROW_BLOCK)
+            ref, cand, tgt = _log_softmax(reference[rows]), _log_softmax(candidate[rows]), targets[rows]
+            idx = np.arange(len(tgt))
+            self.nll_reference -= float(ref[idx, tgt].sum())
+            self.nll -= float(cand[idx, tgt].sum())
+            self.kl += float((np.exp(ref) * (ref - cand)).sum())
+            self.top1 += int((ref.argmax(-1) == cand.argmax(-1)).sum())
+            self.n += len(tgt)
+
+    def metrics(self) -> Metrics:
+        n = max(self.n, 1)
+        ppl_ref, ppl = math.exp(self.nll_reference / n), math.exp(self.nll / n)
+        return Metrics(tokens=self.n, ppl_reference=round(ppl_ref, 4), ppl=round(ppl, 4),
+                       ppl_increase_pct=round(100 * (ppl / ppl_ref - 1), 3), kl=round(self.kl / n, 6),
+                       top1_agreement=round(self.top1 / n, 4))
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x -= x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def default_texts() -> dict[str, str]:
+    """The shipped texts: English prose, Python code, 18 languages (see edgeqwen/texts)."""
+    folder = resources.files("edgeqwen") / "texts"
+    return {e.name.removesuffix(".txt"): e.read_text(encoding="utf-8")
+            for e in sorted(folder.iterdir(), key=lambda e: e.name) if e.name.endswith(".txt")}
+
+
+def read_texts(files: Sequence[Path]) -> dict[str, str]:
+    texts = {}
+    for f in files:
+        path = Path(f)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise EdgeQwenError(f"cannot read validation text {path}: {err}",
+                                hint="pass UTF-8 text files with --text") from None
+        if not text.strip():
+            raise EdgeQwenError(f"validation text {path} is empty")
+        texts[path.stem] = text
+    return texts
+
+
+def compare(reference: Runtime, candidate: Runtime, texts: dict[str, str], *,
+            chunk: int = DEFAULT_CHUNK, max_tokens: int | None = None,
+            prompts: Sequence[str] = PROMPTS, greedy_tokens: int = GREEDY_TOKENS,
+            reference_name: str = "reference", candidate_name: str = "artifact") -> Report:
+    from edgeqwen.progress import step
+
+    if chunk < 2:
+        raise EdgeQwenError("the chunk length must be at least 2 tokens")
+    started = time.perf_counter()
+    per_text: dict[str, Metrics] = {}
+    total = _Sums()
+    mismatches = []
+    for name, text in texts.items():
+        ids = reference.encode(text)[:max_tokens]
+        if candidate.encode(text)[: len(ids)] != ids:
+            mismatches.append(name)
+        sums = _Sums()
+        with step(f"scoring {name} ({len(ids)} tokens) on both sides"):
+            for start in range(0, len(ids) - 1, chunk):
+                window = ids[start:start + chunk]
+                if len(window) < 2:
+                    break
+                targets = np.asarray(window[1:])
+                sums.score(reference.logits(window)[:-1], candidate.logits(window)[:-1], targets)
+        per_text[name] = sums.metrics()
+        total.add(sums)
+
+    greedy = []
+    options = GenerationOptions(max_new_tokens=greedy_tokens)
+    with step(f"greedy continuations of {len(prompts)} chat prompts on both sides"):
+        for prompt in prompts:
+            prompt_ids = reference.encode(reference.render_chat([{"role": "user", "content": prompt}]))
+            want = list(reference.stream_ids(prompt_ids, options))
+            got = list(candidate.stream_ids(prompt_ids, options))
+            same = _common_prefix(want, got)
+            greedy.append({"prompt": prompt, "reference_tokens": len(want), "matching_prefix": same})
+    shares = [g["matching_prefix"] / max(g["reference_tokens"], 1) for g in greedy]
+    match = float(np.mean(shares)) if shares else 1.0
+
+    return Report(reference=reference_name, candidate=candidate_name, chunk=chunk, texts=per_text,
+                  overall=total.metrics(), greedy_match=round(match, 4), greedy=greedy,
+                  tokenizer_mismatches=mismatches, seconds=round(time.perf_counter() - started, 2))
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+GATES = {  # recipe gate -> (metric, kind)
+    "max_ppl_increase_pct": ("ppl_increase_pct", "max"),
+    "max_kl": ("kl", "max"),
+    "min_top1": ("top1_agreement", "min"),
+}
+
+
+def check_gates(report: Report, gates: dict[str, float | None]) -> list[GateResult]:
+    results = []
+    for gate, (metric, kind) in GATES.items():
+        limit = gates.get(gate)
+        if limit is None:
+            continue
+        value = getattr(report.overall, metric)
+        passed = value <= limit if kind == "max" else value >= limit
+        results.append(GateResult(gate=gate, metric=metric, value=value, limit=limit, passed=passed))
+    return results
+
+
+def open_reference(spec: str | None, recorded_source: str | None, *,
+                   threads: int | None) -> tuple[Runtime, str]:
+    """The reference runtime: another artifact, a model source (run by transformers in fp32),
+    or by default the checkpoint the artifact was built from."""
+    from edgeqwen import sources
+    from edgeqwen.errors import ArtifactError
+    from edgeqwen.runner import open_artifact
+    from runtimes.transformers_backend import TransformersRuntime
+
+    if spec is None:
+        if not recorded_source or not Path(recorded_source).is_dir():
+            raise ArtifactError(
+                f"the checkpoint this artifact was built from ({recorded_source}) is not on this machine",
+                hint="pass --reference SRC: a checkpoint folder, `sample`, a model id, or another artifact")
+        runtime = TransformersRuntime.load(Path(recorded_source), threads=threads)
+        return runtime, f"transformers fp32: {recorded_source}"
+    if (Path(spec) / "manifest.json").is_file():
+        return open_artifact(spec, threads=threads), f"artifact: {spec}"
+    source = sources.resolve(spec)
+    return TransformersRuntime.load(source.path, threads=threads), f"transformers fp32: {source.path}"
+
+
+def validate_artifact(path: Path | str, *, reference: str | None = None, texts: dict[str, str] | None = None,
+                      threads: int | None = None, chunk: int = DEFAULT_CHUNK, max_tokens: int | None = None,
+                      record: bool = True) -> tuple[Report, list[GateResult]]:
+    """Measure an artifact against its reference and the recipe's gates; record both in its manifest."""
+    from edgeqwen.artifacts import load_manifest
+    from edgeqwen.runner import open_artifact
+
+    path = Path(path)
+    manifest = load_manifest(path)
+    candidate = open_artifact(path, threads=threads)
+    ref, ref_name = open_reference(reference, manifest.source.path, threads=threads)
+    report = compare(ref, candidate, texts or default_texts(), chunk=chunk, max_tokens=max_tokens,
+                     reference_name=ref_name, candidate_name=f"{manifest.runtime}: {path}")
+    gates = check_gates(report, manifest.recipe.get("validation") or {})
+    if record:
+        manifest.validation = {**report.to_dict(), "gates": [asdict(g) for g in gates],
+                               "passed": all(g.passed for g in gates)}
+        manifest.write(path)
+    return report, gates
