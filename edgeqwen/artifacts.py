@@ -60,6 +60,7 @@ class Manifest(BaseModel):
     files: list[FileEntry]
     build: dict[str, Any] = Field(default_factory=dict)
     validation: dict[str, Any] | None = None
+    benchmarks: dict[str, Any] = Field(default_factory=dict)  # device profile -> `edgeqwen bench` report
     notes: list[str] = Field(default_factory=list)
 
     def write(self, folder: Path) -> None:

@@ -254,6 +254,74 @@ def validate(
 
 
 @app.command()
+def bench(
+    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    profile: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Device profile: desktop (all cores), mobile (2 threads, 3 GiB, 2048 context), tiny "
+        "(1 thread, 1.5 GiB), phone (4 threads, 4 GiB). Default: the recipe's target profile.")] = None,
+    memory_cap: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Override the profile's memory cap, e.g. 2GB (0: no cap).")] = None,
+    threads: Threads = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs per prompt, after one warm-up.")] = 3,
+    new_tokens: Annotated[int, typer.Option(min=2, help="Tokens generated per run.")] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    record: Annotated[bool, typer.Option(help="Write the results into the manifest.")] = True,
+) -> None:
+    """Measure time to first token, prefill and decode speed and peak memory under a device
+    profile. The run happens in a child process with the profile's thread count, context and
+    memory cap applied (RLIMIT_AS); exit 1 when the artifact does not fit."""
+    from edgeqwen import bench as bench_mod
+    from edgeqwen.artifacts import load_manifest
+    from edgeqwen.profiles import get_profile
+    from edgeqwen.units import parse_size
+
+    chosen = get_profile(profile or load_manifest(artifact).target.get("profile", "desktop"))
+    cap = None if memory_cap is None else 0 if memory_cap.strip() in ("0", "none") else parse_size(memory_cap)
+    report = bench_mod.run(artifact, chosen, memory_cap=cap, threads=threads, repeats=repeats,
+                           new_tokens=new_tokens, record=record)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        table = Table(title=f"{artifact} · profile {chosen.name} · {report['runtime']}")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for key in ("threads", "memory_cap_mb", "context_length", "size_mb", "load_s", "ttft_s",
+                    "prefill_tok_s", "prefill_long_tok_s", "decode_tok_s", "peak_rss_mb", "os_threads"):
+            if key in report:
+                table.add_row(key, "-" if report[key] is None else str(report[key]))
+        out.print(table)
+    if not report["fits"]:
+        raise EdgeQwenError(f"{artifact} does not run within profile {chosen.name} "
+                            f"({report['memory_cap_mb']} MiB cap): {report['error']}",
+                            hint="pick a smaller precision or model (`edgeqwen fit`), or another profile")
+
+
+@app.command()
+def report(
+    artifacts: Annotated[list[Path], typer.Argument(help="Artifact folders to compare.")],
+    out_file: Annotated[Path, typer.Option(
+        "--out", "-o", help="Where to write: .html (tables + plot, self-contained) or .md (tables).")
+    ] = Path("edgeqwen-report.html"),
+    profile: Annotated[str, typer.Option(
+        help="Which `edgeqwen bench` profile's numbers to show.")] = "desktop",
+    baseline: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Artifact name whose speed the others are compared with (ratios).")] = None,
+) -> None:
+    """Compare artifacts: quality (from `validate`), speed (from `bench`), size and build cost,
+    with a quality-vs-size-vs-speed plot, so you can pick one at a glance."""
+    from edgeqwen import report as report_mod
+
+    rows = report_mod.collect(artifacts, profile)
+    if baseline and baseline not in {r.name for r in rows}:
+        raise EdgeQwenError(f"--baseline {baseline!r} is not one of the artifacts",
+                            hint="names: " + ", ".join(r.name for r in rows))
+    text = (report_mod.markdown(rows, baseline) if out_file.suffix == ".md"
+            else report_mod.html_report(rows, baseline=baseline))
+    out_file.write_text(text, encoding="utf-8")
+    out.print(f"wrote {out_file} ({len(rows)} artifacts)")
+
+
+@app.command()
 def resolve(
     source: Annotated[str, typer.Argument(help="`sample`, a catalog id, a repo id, a folder or a .gguf.")],
 ) -> None:

@@ -227,15 +227,17 @@ def open_reference(spec: str | None, recorded_source: str | None, *,
 
 def validate_artifact(path: Path | str, *, reference: str | None = None, texts: dict[str, str] | None = None,
                       threads: int | None = None, chunk: int = DEFAULT_CHUNK, max_tokens: int | None = None,
-                      record: bool = True) -> tuple[Report, list[GateResult]]:
-    """Measure an artifact against its reference and the recipe's gates; record both in its manifest."""
+                      record: bool = True, reference_runtime: tuple[Runtime, str] | None = None,
+                      ) -> tuple[Report, list[GateResult]]:
+    """Measure an artifact against its reference and the recipe's gates; record both in its
+    manifest. `reference_runtime` (runtime, description) reuses an open reference."""
     from edgeqwen.artifacts import load_manifest
     from edgeqwen.runner import open_artifact
 
     path = Path(path)
     manifest = load_manifest(path)
     candidate = open_artifact(path, threads=threads)
-    ref, ref_name = open_reference(reference, manifest.source.path, threads=threads)
+    ref, ref_name = reference_runtime or open_reference(reference, manifest.source.path, threads=threads)
     report = compare(ref, candidate, texts or default_texts(), chunk=chunk, max_tokens=max_tokens,
                      reference_name=ref_name, candidate_name=f"{manifest.runtime}: {path}")
     gates = check_gates(report, manifest.recipe.get("validation") or {})

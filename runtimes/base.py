@@ -72,7 +72,12 @@ class Runtime(ABC):
 
     @abstractmethod
     def info(self) -> dict[str, Any]:
-        """Backend, device, threads and memory facts for reports (see `process_memory`)."""
+        """Backend, device, threads, `context_length` (prompt + reply) and memory facts for
+        reports (see `process_memory`)."""
+
+    def reset(self) -> None:  # noqa: B027 - optional: only backends that cache state override it
+        """Forget cached state (e.g. a KV cache kept for a shared prompt prefix), so the next
+        call starts cold; benchmarks call it before every timed run."""
 
     # Built on the primitives above.
 

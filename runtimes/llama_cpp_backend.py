@@ -92,6 +92,10 @@ class LlamaCppRuntime(Runtime):
             if n + 1 >= min(options.max_new_tokens, room):
                 return
 
+    def reset(self) -> None:
+        # llama-cpp-python keeps the KV cache of the last prompt and reuses a shared prefix.
+        self.llm.reset()
+
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
 
         # Logits of every position need a context that keeps them (n_ctx x vocab floats):
@@ -107,6 +111,7 @@ class LlamaCppRuntime(Runtime):
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": "cpu", "threads": self.threads, "n_ctx": self.n_ctx,
+                "context_length": self.n_ctx,
                 "path": str(self.model_file), **process_memory()}
 
 
@@ -134,6 +139,12 @@ def _open(model_file: Path, **kwargs: Any) -> Any:
     try:
         return llama_cpp.Llama(model_path=str(model_file), verbose=False, **kwargs)
     except ValueError as err:  # llama-cpp-python's only word for any load failure
+        import resource
+
+        cap, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if cap != resource.RLIM_INFINITY:
+            raise ArtifactError(f"llama.cpp cannot load {model_file} within this process's memory "
+                                f"limit of {cap // 2**20} MiB ({err})") from None
         raise ArtifactError(f"llama.cpp cannot load {model_file}: it is corrupt or truncated ({err})",
                             hint="`edgeqwen verify ART` tells which file changed; rebuild the "
                             "artifact or download the file again") from None

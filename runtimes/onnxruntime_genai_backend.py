@@ -88,4 +88,5 @@ class OnnxGenAIRuntime(Runtime):
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": "cpu", "threads": self.threads,
-                "max_length": self.max_length, "path": str(self.path), **process_memory()}
+                "max_length": self.max_length, "context_length": self.max_length, "path": str(self.path),
+                **process_memory()}

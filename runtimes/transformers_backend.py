@@ -83,8 +83,9 @@ class TransformersRuntime(Runtime):
         return out.logits[0].float().numpy()
 
     def info(self) -> dict[str, Any]:
-        return {"backend": self.name, "device": "cpu", "dtype": "float32",
-                "threads": self.threads, "path": str(self.path), **process_memory()}
+        return {"backend": self.name, "device": "cpu", "dtype": "float32", "threads": self.threads,
+                "context_length": self.model.config.max_position_embeddings, "path": str(self.path),
+                **process_memory()}
 
 
 def _pick(logits: Any, options: GenerationOptions, generator: Any) -> int:
