@@ -39,8 +39,18 @@ class GenerationOptions:
         return self.temperature == 0
 
 
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # stop: the model ended its turn; length: max_new_tokens (or the context) ran out;
+    # stop_string: a caller's stop string was found.
+    finish_reason: str = "stop"
+
+
 class Runtime(ABC):
     name: ClassVar[str]
+    chat_template: str | None = None  # the model's Jinja chat template, set by `load`
 
     @classmethod
     @abstractmethod
@@ -57,10 +67,18 @@ class Runtime(ABC):
     @abstractmethod
     def decode(self, ids: Sequence[int]) -> str: ...
 
-    @abstractmethod
     def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
                     **template_kwargs: Any) -> str:
-        """The prompt text the model's own chat template makes of `messages`."""
+        """The prompt text the model's own chat template makes of `messages`; template
+        variables (`tools=`, Qwen3's `enable_thinking=`) pass through. Rendered by edgeqwen's
+        transformers-compatible Jinja environment from `self.chat_template`; a backend whose
+        library renders templates itself may override this."""
+        from edgeqwen.chat_template import render
+
+        if self.chat_template is None:
+            raise ValueError(f"{self.name}: this model has no chat template")
+        return render(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
+                      **template_kwargs)
 
     @abstractmethod
     def stream_ids(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[int]:
@@ -81,18 +99,26 @@ class Runtime(ABC):
 
     # Built on the primitives above.
 
-    def stream(self, prompt: str, options: GenerationOptions | None = None) -> Iterator[str]:
-        """Text pieces as they are generated, cut before the first stop string."""
+    def stream(self, prompt: str, options: GenerationOptions | None = None,
+               stats: GenerationStats | None = None) -> Iterator[str]:
+        """Text pieces as they are generated, cut before the first stop string. `stats`, if
+        given, is filled with token counts and why generation ended."""
         options = options or GenerationOptions()
+        stats = stats if stats is not None else GenerationStats()
+        prompt_ids = self.encode(prompt)
+        stats.prompt_tokens = len(prompt_ids)
         ids: list[int] = []
         emitted = ""
-        for token in self.stream_ids(self.encode(prompt), options):
+        for token in self.stream_ids(prompt_ids, options):
             ids.append(token)
+            stats.completion_tokens = len(ids)
+            stats.finish_reason = "length" if len(ids) >= options.max_new_tokens else "stop"
             text = self.decode(ids)
             if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
                 continue
             cut = _first_stop(text, options.stop)
             if cut is not None:
+                stats.finish_reason = "stop_string"
                 if cut > len(emitted):
                     yield text[len(emitted):cut]
                 return

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgeqwen.errors import ArtifactError
-from runtimes.base import GenerationOptions, Message, Runtime, default_threads, process_memory
+from runtimes.base import GenerationOptions, Runtime, default_threads, process_memory
 
 # llama.cpp's OpenMP threads spin while waiting for work. With every core in use and any other
 # process on the machine, that spinning made decode drop from about 50 to 3-10 tokens/s on 2
@@ -32,7 +32,7 @@ class LlamaCppRuntime(Runtime):
         self.llm = llm
         self.model_file = model_file
         self.threads = threads
-        self.template = template
+        self.chat_template = template
         self.n_ctx = int(llm.n_ctx())
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._scorer: Any = None  # a second context that keeps logits of every position
@@ -65,15 +65,6 @@ class LlamaCppRuntime(Runtime):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
-
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
-                    **template_kwargs: Any) -> str:
-        from edgeqwen.chat_template import render
-
-        if self.template is None:
-            raise ValueError(f"{self.model_file} has no chat template (tokenizer.chat_template)")
-        return render(self.template, messages, add_generation_prompt=add_generation_prompt,
-                      **template_kwargs)
 
     def stream_ids(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[int]:
         import llama_cpp

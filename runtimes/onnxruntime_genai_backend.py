@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.base import GenerationOptions, Message, Runtime, default_threads, process_memory
+from runtimes.base import GenerationOptions, Runtime, default_threads, process_memory
 
 
 class OnnxGenAIRuntime(Runtime):
@@ -23,7 +23,7 @@ class OnnxGenAIRuntime(Runtime):
         self.max_length = max_length
         self.eos_ids = frozenset(int(i) for i in tokenizer.eos_token_ids)
         template = path / "chat_template.jinja"
-        self.template = template.read_text(encoding="utf-8") if template.is_file() else None
+        self.chat_template = template.read_text(encoding="utf-8") if template.is_file() else None
 
     @classmethod
     def load(cls, path: Path, *, threads: int | None = None,
@@ -46,15 +46,6 @@ class OnnxGenAIRuntime(Runtime):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(np.asarray(ids, dtype=np.int32))
-
-    def render_chat(self, messages: Sequence[Message], *, add_generation_prompt: bool = True,
-                    **template_kwargs: Any) -> str:
-        if template_kwargs:
-            raise TypeError(f"{self.name} renders the chat template without extra variables "
-                            f"({', '.join(template_kwargs)})")
-        return self.tokenizer.apply_chat_template(
-            json.dumps(list(messages)), template_str=self.template,
-            add_generation_prompt=add_generation_prompt)
 
     def _generator(self, prompt_ids: Sequence[int], max_length: int, **search: Any) -> Any:
         import onnxruntime_genai as og

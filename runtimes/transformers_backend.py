@@ -22,6 +22,7 @@ class TransformersRuntime(Runtime):
         self.tokenizer = tokenizer
         self.path = path
         self.threads = threads
+        self.chat_template = tokenizer.chat_template  # rendered by transformers itself (render_chat)
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if tokenizer.eos_token_id is not None:

@@ -1,8 +1,8 @@
 """Shared fixtures: tiny random Qwen2 and Qwen3 checkpoints built in the test session.
 
 They are real checkpoints (config.json, safetensors, a trained byte-level BPE tokenizer
-with Qwen's special tokens and the Qwen2.5 ChatML template), so they take the same code
-paths as the real models, only in milliseconds.
+with Qwen's special tokens, and the real Qwen2.5 or Qwen3 chat template), so they take the
+same code paths as the real models, only in milliseconds.
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ CORPUS = [
 ]
 
 
-def _tokenizer(folder: Path) -> int:
+def chat_template_for(model_type: str) -> str:
+    """The real chat template of the family: Qwen3's has the `enable_thinking` switch."""
+    name = "qwen3_chat_template.jinja" if model_type == "qwen3" else "qwen2.5_chat_template.jinja"
+    return (FIXTURES / name).read_text(encoding="utf-8")
+
+
+def _tokenizer(folder: Path, template: str) -> int:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -43,7 +49,7 @@ def _tokenizer(folder: Path) -> int:
     tok.train_from_iterator(CORPUS * 20, trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                  pad_token="<|endoftext|>")
-    hf.chat_template = (FIXTURES / "qwen2.5_chat_template.jinja").read_text(encoding="utf-8")
+    hf.chat_template = template
     hf.save_pretrained(folder)
     return len(hf)
 
@@ -59,10 +65,11 @@ def make_tiny_model(folder: Path, model_type: str, seed: int = 0, tied: bool = T
 
     folder.mkdir(parents=True, exist_ok=True)
     if tokenizer is None:
-        vocab, pad, eos = _tokenizer(folder), 0, 2
+        vocab, pad, eos = _tokenizer(folder, chat_template_for(model_type)), 0, 2
     else:
         for f in tokenizer.iterdir():
             shutil.copy(f, folder / f.name)
+        (folder / "chat_template.jinja").write_text(chat_template_for(model_type), encoding="utf-8")
         vocab, pad, eos = QWEN_VOCAB_SIZE, QWEN_ENDOFTEXT, QWEN_IM_END
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

@@ -61,3 +61,20 @@ def test_validation_against_the_fp32_reference_passes_the_recipe_gates(sample_q4
     assert report.overall.top1_agreement > 0.9
     assert all(g.passed for g in gates)
     assert load_manifest(sample_q4_k_m).validation["passed"] is True
+
+
+def test_the_readme_example_app_runs_against_the_sample(sample_q4_k_m, capsys) -> None:
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Python API for apps", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    assert "artifacts/qwen2.5-coder-0.5b-gguf-q4_k_m" in code
+    namespace: dict = {}
+    exec(code.replace("artifacts/qwen2.5-coder-0.5b-gguf-q4_k_m", str(sample_q4_k_m)), namespace)
+    out = capsys.readouterr().out
+    reply, stream = namespace["reply"], namespace["stream"]
+    assert "def " in reply.content and reply.completion_tokens > 10 and reply.prompt_tokens > 20
+    assert reply.thinking is None and stream.reply is not None and stream.reply.tool_calls == []
+    assert "#include" in stream.reply.content or "char" in stream.reply.content  # the C version
+    assert out.startswith(reply.content)
