@@ -88,7 +88,7 @@ def _worker(settings: BenchSettings) -> dict[str, Any]:
 
     from edgeqwen.runner import open_artifact
     from edgeqwen.validation import default_texts
-    from runtimes.base import GenerationOptions
+    from runtimes.base import GenerationOptions, peak_rss_mb
 
     t0 = time.perf_counter()
     rt = open_artifact(settings.artifact, threads=settings.threads, context_length=settings.context_length)
@@ -132,7 +132,7 @@ def _worker(settings: BenchSettings) -> dict[str, Any]:
         "prompt_tokens": {"short": len(short), "long": len(long)},
         "generated_tokens": [n for _, _, n in short_runs + long_runs],
         "repeats": settings.repeats,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "address_space_limit_mb": _limit_mb(),
         "os_threads": threads_seen,
         "runtime_info": {k: v for k, v in rt.info().items() if k not in ("path", "rss_mb", "peak_rss_mb")},

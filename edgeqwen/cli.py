@@ -182,6 +182,11 @@ def build(
         _show_validation(report, gates)
 
 
+ArtifactArg = Annotated[Path, typer.Argument(help="An artifact folder.")]
+JsonReport = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
+Record = Annotated[bool, typer.Option(help="Write the results into the manifest.")]
+
+
 def _show_validation(report: Any, gates: list[Any]) -> None:
     from edgeqwen.errors import GateFailed
 
@@ -218,7 +223,7 @@ def _show_validation(report: Any, gates: list[Any]) -> None:
 
 @app.command()
 def validate(
-    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    artifact: ArtifactArg,
     reference: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="What to compare against: a checkpoint folder, `sample`, a model id (run by "
         "transformers in fp32), or another artifact. Default: the source in the manifest.")] = None,
@@ -228,8 +233,8 @@ def validate(
     chunk: Annotated[int, typer.Option(help="Tokens per scored window.")] = 512,
     max_tokens: Annotated[Optional[int], typer.Option(  # noqa: UP045
         help="Score at most this many tokens of each text.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    record: Annotated[bool, typer.Option(help="Write the results into the manifest.")] = True,
+    as_json: JsonReport = False,
+    record: Record = True,
     threads: Threads = None,
 ) -> None:
     """Measure an artifact against its reference: perplexity of both and its increase, mean KL
@@ -255,7 +260,7 @@ def validate(
 
 @app.command()
 def bench(
-    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    artifact: ArtifactArg,
     profile: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Device profile: desktop (all cores), mobile (2 threads, 3 GiB, 2048 context), tiny "
         "(1 thread, 1.5 GiB), phone (4 threads, 4 GiB). Default: the recipe's target profile.")] = None,
@@ -264,8 +269,8 @@ def bench(
     threads: Threads = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs per prompt, after one warm-up.")] = 3,
     new_tokens: Annotated[int, typer.Option(min=2, help="Tokens generated per run.")] = 64,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    record: Annotated[bool, typer.Option(help="Write the results into the manifest.")] = True,
+    as_json: JsonReport = False,
+    record: Record = True,
 ) -> None:
     """Measure time to first token, prefill and decode speed and peak memory under a device
     profile. The run happens in a child process with the profile's thread count, context and
@@ -339,7 +344,7 @@ def resolve(
 
 @app.command()
 def inspect(
-    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    artifact: ArtifactArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Show an artifact's manifest: recipe, source, tools, files and validation results."""
@@ -372,7 +377,7 @@ def inspect(
 
 
 @app.command()
-def verify(artifact: Annotated[Path, typer.Argument(help="An artifact folder.")]) -> None:
+def verify(artifact: ArtifactArg) -> None:
     """Re-hash every file of an artifact against its manifest; exit 1 on any change."""
     from edgeqwen.artifacts import verify as run_verify
     from edgeqwen.errors import ArtifactError
@@ -422,7 +427,7 @@ def _stream_to_stdout(pieces: Any) -> str:
 
 @app.command("run")
 def run_prompt(
-    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    artifact: ArtifactArg,
     prompt: Annotated[str, typer.Argument(help="The user message (or raw text with --raw).")],
     raw: Annotated[bool, typer.Option(help="Feed the prompt as is, without the chat template.")] = False,
     system: System = None, max_new_tokens: MaxTokens = 256, temperature: Temperature = 0.0,
@@ -443,7 +448,7 @@ def run_prompt(
 
 @app.command()
 def chat(
-    artifact: Annotated[Path, typer.Argument(help="An artifact folder.")],
+    artifact: ArtifactArg,
     system: System = None, max_new_tokens: MaxTokens = 512, temperature: Temperature = 0.0,
     top_p: TopP = 1.0, top_k: TopK = 0, seed: Seed = None, threads: Threads = None,
     context: Context = None,

@@ -12,12 +12,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeqwen import __version__, registry, sources
+from edgeqwen import __version__, progress, registry, sources
 from edgeqwen.artifacts import ArtifactWriter, Manifest, list_files, now_utc
 from edgeqwen.engines.base import BuildJob, Engine
 from edgeqwen.errors import RecipeError
 from edgeqwen.recipes import Recipe, load_recipe
 from edgeqwen.versions import package_versions
+from runtimes.base import peak_rss_mb, reset_peak_rss
 
 CORE_PACKAGES = ("torch", "transformers", "huggingface_hub", "gguf")
 
@@ -60,14 +61,16 @@ def build(recipe_ref: str | Path | Recipe, model: str | None = None,
     out_path = Path(out) if out else default_out(recipe, source)
 
     started = time.perf_counter()
+    progress.timings.clear()
+    reset_peak_rss()  # this build's peak, not that of earlier work in a long-lived process
     writer = ArtifactWriter(out_path, force=force)
     with writer as staging, tempfile.TemporaryDirectory(prefix="edgeqwen-work-") as work:
         result = engine.build(BuildJob(recipe=recipe, options=options, source=source,
                                        out=staging, work=Path(work)))
         files = list_files(staging)
         seconds = time.perf_counter() - started
-        usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        tool_peaks = [float(t["tool_peak_rss_mb"]) for t in progress.timings if "tool_peak_rss_mb" in t]
+        children = max(tool_peaks, default=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
         manifest = Manifest(
             name=out_path.name, edgeqwen_version=__version__, created_utc=now_utc(),
             format=recipe.format, runtime=engine.runtime, target=recipe.target.model_dump(),
@@ -76,8 +79,8 @@ def build(recipe_ref: str | Path | Recipe, model: str | None = None,
             tools={"python": platform.python_version(), "edgeqwen": __version__,
                    **package_versions(CORE_PACKAGES), **engine.tool_versions()},
             files=files,
-            build={"seconds": round(seconds, 2), "peak_rss_mb": round(usage, 1),
-                   "peak_rss_children_mb": round(children, 1)},
+            build={"seconds": round(seconds, 2), "peak_rss_mb": peak_rss_mb(),
+                   "peak_rss_children_mb": round(children, 1), "steps": list(progress.timings)},
             notes=[*source.notes, *result.notes],
         )
         final = writer.commit(manifest)

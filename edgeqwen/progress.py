@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -29,11 +30,28 @@ def byte_progress(description: str, total: int) -> Iterator[Progress]:
         yield bar
 
 
+# Finished steps (description, seconds, peak RSS of the tools run inside) since the last
+# `timings.clear()`; the pipeline records them in the manifest as the build's cost per step.
+timings: list[dict[str, object]] = []
+_tool_peaks: list[float] = []  # child peaks recorded during the running step
+
+
+def record_tool_peak(tool: str, peak_mb: float) -> None:
+    _tool_peaks.append(round(peak_mb, 1))
+
+
 @contextmanager
 def step(description: str) -> Iterator[None]:
     """A spinner for a step whose length we cannot measure; prints a ✓ line when done."""
+    started = time.perf_counter()
+    _tool_peaks.clear()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as bar:
         bar.add_task(description, total=None)
         yield
-    console.print(f"[green]✓[/green] {description}")
+    seconds = time.perf_counter() - started
+    entry: dict[str, object] = {"step": description, "seconds": round(seconds, 2)}
+    if _tool_peaks:
+        entry["tool_peak_rss_mb"] = max(_tool_peaks)
+    timings.append(entry)
+    console.print(f"[green]✓[/green] {description} [dim]({seconds:.0f} s)[/dim]")

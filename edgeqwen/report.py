@@ -35,6 +35,7 @@ class Row:
     bench_profile: str | None
     build_s: float | None
     build_peak_mb: float | None
+    build_steps: str  # "llama.cpp converter 12 s, llama.cpp quantizer 3 s"
 
 
 def row(path: Path, manifest: Manifest, profile: str) -> Row:
@@ -55,6 +56,8 @@ def row(path: Path, manifest: Manifest, profile: str) -> Row:
         decode_tok_s=b.get("decode_tok_s"), prefill_tok_s=b.get("prefill_long_tok_s"), ttft_s=b.get("ttft_s"),
         peak_rss_mb=b.get("peak_rss_mb"), bench_profile=chosen if b else None,
         build_s=build.get("seconds"), build_peak_mb=peak,
+        build_steps=", ".join(f"{str(st['step']).split(':')[0]} {float(st['seconds']):.0f} s"
+                              for st in build.get("steps") or []) or "-",
     )
 
 
@@ -92,8 +95,8 @@ def tables(rows: list[Row], baseline: str | None = None) -> dict[str, tuple[list
         if base:
             cells += [ratio(r.decode_tok_s, base.decode_tok_s), ratio(r.prefill_tok_s, base.prefill_tok_s)]
         speed_rows.append(cells)
-    build = (["artifact", "build s", "build peak RSS MiB"],
-             [[r.name, _fmt(r.build_s, ".0f"), _fmt(r.build_peak_mb, ".0f")] for r in rows])
+    build = (["artifact", "build s", "build peak RSS MiB", "steps"],
+             [[r.name, _fmt(r.build_s, ".0f"), _fmt(r.build_peak_mb, ".0f"), r.build_steps] for r in rows])
     return {"quality": quality, "speed": (speed_head, speed_rows), "build cost": build}
 
 

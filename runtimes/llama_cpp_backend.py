@@ -13,10 +13,10 @@ import numpy as np
 from edgeqwen.errors import ArtifactError
 from runtimes.base import GenerationOptions, Runtime, default_threads, process_memory
 
-# llama.cpp's OpenMP threads spin while waiting for work. With every core in use and any other
-# process on the machine, that spinning made decode drop from about 50 to 3-10 tokens/s on 2
-# cores; passive waiting avoids it. OpenMP reads this once, when llama.cpp is first loaded.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's wait policy matters on small machines (0.5B Q4_K_M, 2 threads, 2 cores, decode
+# tokens/s): quiet machine: default 35, ACTIVE 40, PASSIVE 20; one core busy with another
+# process: default 14, ACTIVE 15, PASSIVE 21, one thread 26. edgeqwen keeps llama.cpp's
+# default; set OMP_WAIT_POLICY=PASSIVE or use fewer threads where other work shares the cores.
 
 QWEN_ARCHITECTURES = ("qwen2", "qwen3")
 DEFAULT_CONTEXT = 4096  # not the model's 32k/40k: the KV cache is allocated up front
@@ -102,7 +102,7 @@ class LlamaCppRuntime(Runtime):
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": "cpu", "threads": self.threads, "n_ctx": self.n_ctx,
-                "context_length": self.n_ctx,
+                "context_length": self.n_ctx, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
                 "path": str(self.model_file), **process_memory()}
 
 

@@ -100,6 +100,13 @@ def test_shipped_recipe_builds_an_artifact_stock_llama_cpp_loads(
     assert [f.path for f in manifest.files] == ["chat_template.jinja", "model.gguf"]
     assert verify(art) == []
     assert manifest.tools["llama-cpp-python"] == llama_cpp_tools.installed_version()
+    steps = [s["step"] for s in manifest.build["steps"]]  # build cost per step
+    assert steps[0].startswith("llama.cpp converter")
+    assert len(steps) == (1 if precision.startswith(("F", "BF")) else 2)
+    assert all(s["seconds"] > 0 for s in manifest.build["steps"])
+    # Each tool's own peak (wait4), and the build's children peak is the largest of them.
+    peaks = [s["tool_peak_rss_mb"] for s in manifest.build["steps"]]
+    assert all(p > 50 for p in peaks) and manifest.build["peak_rss_children_mb"] == max(peaks)
 
     gguf = manifest.engine["gguf"]
     assert gguf["file_type"] == f"MOSTLY_{precision}"
@@ -130,7 +137,8 @@ def test_quantization_error_grows_as_bits_shrink(request, built, art_root, refer
     assert kl["gguf-f16"] < kl["gguf-q8_0"] < kl["gguf-q4_0"], kl
 
 
-def test_f32_gguf_is_the_reference_and_cli_runs_it(tiny_qwen2_real_vocab, tmp_path, capsys) -> None:
+def test_f32_gguf_is_the_reference_and_cli_runs_it(tiny_qwen2_real_vocab, tmp_path, capsys,
+                                                   monkeypatch) -> None:
     from edgeqwen.cli import main
 
     recipe = parse_recipe({"name": "f32", "description": "t", "format": "gguf", "precision": "F32"})
@@ -144,6 +152,11 @@ def test_f32_gguf_is_the_reference_and_cli_runs_it(tiny_qwen2_real_vocab, tmp_pa
 
     assert main(["run", str(art), "Hello", "-n", "6", "--threads", "1"]) == 0
     expected = ref.chat([{"role": "user", "content": "Hello"}], GenerationOptions(max_new_tokens=6))
+    assert capsys.readouterr().out == expected + "\n"
+
+    lines = iter(["Hello", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", str(art), "-n", "6", "--threads", "1"]) == 0
     assert capsys.readouterr().out == expected + "\n"
 
 

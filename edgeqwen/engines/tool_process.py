@@ -7,13 +7,14 @@ an out-of-memory kill) cannot take edgeqwen down with a half-written artifact.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
 from collections import deque
 from pathlib import Path
 
-from edgeqwen import paths
+from edgeqwen import paths, progress
 from edgeqwen.errors import EngineError
 
 
@@ -38,7 +39,11 @@ def run_tool(cmd: list[str], log: Path, *, tool: str, hint: str,
         for line in proc.stdout:
             fh.write(line)
             tail.append(line.rstrip())
-        code = proc.wait()
+        # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN is the max over every child
+        # this process ever had, useless in a process that builds many artifacts).
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+    progress.record_tool_peak(tool, usage.ru_maxrss / 1024)
     if code == 0:
         return
     slug = "".join(c if c.isalnum() else "-" for c in tool.lower())
