@@ -412,17 +412,23 @@ Context = Annotated[Optional[int], typer.Option(  # noqa: UP045
     "--context", help="Context length in tokens, prompt + reply (default: the artifact's recipe).")]
 
 
-def _stream_to_stdout(pieces: Any) -> str:
-    text = []
+Thinking = Annotated[Optional[bool], typer.Option(  # noqa: UP045
+    "--thinking/--no-thinking", help="Qwen3 only: reason before answering (default: the "
+    "template's default, on). The reasoning is shown dimmed on stderr, the answer on stdout.")]
+
+
+def _print_stream(pieces: Any) -> None:
+    """Answer text to stdout as it streams, reasoning (Qwen3) dimmed to stderr."""
     try:
         for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-            text.append(piece)
+            if isinstance(piece, str) or piece.kind == "content":
+                sys.stdout.write(piece if isinstance(piece, str) else piece.text)
+                sys.stdout.flush()
+            else:
+                err.print(piece.text, style="dim", end="", markup=False, highlight=False)
     except ValueError as e:  # the runtimes' way of saying the prompt does not fit
         raise EdgeQwenError(str(e), hint="shorten the prompt, or pass a larger --context") from None
     sys.stdout.write("\n")
-    return "".join(text)
 
 
 @app.command("run")
@@ -432,18 +438,20 @@ def run_prompt(
     raw: Annotated[bool, typer.Option(help="Feed the prompt as is, without the chat template.")] = False,
     system: System = None, max_new_tokens: MaxTokens = 256, temperature: Temperature = 0.0,
     top_p: TopP = 1.0, top_k: TopK = 0, seed: Seed = None, stop: Stop = None, threads: Threads = None,
-    context: Context = None,
+    context: Context = None, thinking: Thinking = None,
 ) -> None:
     """Answer one prompt with an artifact, streaming the reply to stdout."""
-    from edgeqwen.runner import open_artifact
+    from edgeqwen.api import load
 
-    options = _generation_options(max_new_tokens, temperature, top_p, top_k, seed, stop)
-    runtime = open_artifact(artifact, threads=threads, context_length=context)
-    if not raw:
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}]
-        prompt = runtime.render_chat(messages)
-    _stream_to_stdout(runtime.stream(prompt, options))
+    llm = load(artifact, verify=False, threads=threads, context_length=context)
+    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                    seed=seed, stop=tuple(stop or ()))
+    if raw:
+        _print_stream(llm.runtime.stream(prompt, _generation_options(**sampling)))
+        return
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}]
+    _print_stream(llm.stream(messages, thinking=thinking, **sampling))
 
 
 @app.command()
@@ -451,17 +459,16 @@ def chat(
     artifact: ArtifactArg,
     system: System = None, max_new_tokens: MaxTokens = 512, temperature: Temperature = 0.0,
     top_p: TopP = 1.0, top_k: TopK = 0, seed: Seed = None, threads: Threads = None,
-    context: Context = None,
+    context: Context = None, thinking: Thinking = None,
 ) -> None:
     """Chat with an artifact in the terminal (streaming). /reset clears the history,
     /exit or Ctrl-D ends."""
-    from edgeqwen.runner import open_artifact
+    from edgeqwen.api import load
 
-    options = _generation_options(max_new_tokens, temperature, top_p, top_k, seed, None)
-    runtime = open_artifact(artifact, threads=threads, context_length=context)
+    llm = load(artifact, verify=False, threads=threads, context_length=context)
     start = [{"role": "system", "content": system}] if system else []
     history = list(start)
-    err.print(f"[dim]{runtime.info()['backend']} · {artifact} · /reset, /exit[/dim]")
+    err.print(f"[dim]{llm.runtime.name} · {artifact} · /reset, /exit[/dim]")
     while True:
         try:
             line = input("> ")
@@ -476,8 +483,11 @@ def chat(
         if not line.strip():
             continue
         history.append({"role": "user", "content": line})
-        reply = _stream_to_stdout(runtime.stream(runtime.render_chat(history), options))
-        history.append({"role": "assistant", "content": reply})
+        stream = llm.stream(history, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            top_k=top_k, seed=seed, thinking=thinking)
+        _print_stream(stream)
+        assert stream.reply is not None
+        history.append(stream.reply.to_message())  # the answer only: Qwen3 drops old reasoning
 
 
 @app.command()

@@ -36,7 +36,7 @@ timings: list[dict[str, object]] = []
 _tool_peaks: list[float] = []  # child peaks recorded during the running step
 
 
-def record_tool_peak(tool: str, peak_mb: float) -> None:
+def record_tool_peak(peak_mb: float) -> None:
     _tool_peaks.append(round(peak_mb, 1))
 
 

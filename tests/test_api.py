@@ -179,3 +179,16 @@ def test_load_verifies_the_files(qwen3_onnx, tmp_path) -> None:
     with pytest.raises(ArtifactError, match="does not match its manifest: size changed: genai_config.json"):
         edgeqwen.load(copy)
     assert edgeqwen.load(copy, verify=False, threads=1).info()["backend"] == "onnxruntime-genai"
+
+
+def test_cli_thinking_switch(qwen3_onnx, tiny_qwen3, tiny_qwen2, tmp_path, capsys) -> None:
+    from edgeqwen.cli import main
+
+    ref = TransformersRuntime.load(tiny_qwen3, threads=1)
+    expected = ref.chat([{"role": "user", "content": "hi"}], GenerationOptions(max_new_tokens=5),
+                        enable_thinking=False)
+    assert main(["run", str(qwen3_onnx), "hi", "--no-thinking", "-n", "5", "--threads", "1"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    qwen2 = build("onnx-cpu-fp32", str(tiny_qwen2), tmp_path / "q2").path
+    assert main(["run", str(qwen2), "hi", "--thinking", "-n", "5"]) == 1
+    assert "no thinking mode" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def run_tool(cmd: list[str], log: Path, *, tool: str, hint: str,
         # this process ever had, useless in a process that builds many artifacts).
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = code = os.waitstatus_to_exitcode(status)
-    progress.record_tool_peak(tool, usage.ru_maxrss / 1024)
+    progress.record_tool_peak(usage.ru_maxrss / 1024)
     if code == 0:
         return
     slug = "".join(c if c.isalnum() else "-" for c in tool.lower())
