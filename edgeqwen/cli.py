@@ -76,12 +76,18 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print JSON for 
 
 @app.command()
 def fit(
-    ram: Annotated[str, typer.Option(help="Device memory, e.g. 4GB, 1.5GiB, 512MB.")],
+    ram: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Device memory, e.g. 4GB, 1.5GiB, 512MB.")] = None,
+    device: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="A device preset instead of --ram: phone-4gb, phone-6gb, phone-8gb, phone-12gb, "
+        "board-2gb, board-4gb, board-8gb, laptop-8gb, laptop-16gb (sets RAM, reserve and context; "
+        "--reserve/--context still override).")] = None,
     task: Annotated[Optional[str], typer.Option(  # noqa: UP045 - typer needs Optional
         help="Only models for this task: chat, code or math.")] = None,
-    context: Annotated[int, typer.Option(help="Tokens of context to budget the KV cache for.")] = 4096,
-    reserve: Annotated[float, typer.Option(
-        help="Share of RAM left to the OS and the app (0-0.9).")] = 0.25,
+    context: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Tokens of context to budget the KV cache for (default 4096, or the device's).")] = None,
+    reserve: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="Share of RAM left to the OS and other apps, 0-0.9 (default 0.25, or the device's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Suggest the model and precision that fit a memory budget, showing the arithmetic.
@@ -93,6 +99,17 @@ def fit(
     from edgeqwen.catalog import TASKS
     from edgeqwen.units import human, parse_size
 
+    if (ram is None) == (device is None):
+        raise EdgeQwenError("give either --ram or --device", hint=f"devices: {', '.join(fitting.DEVICES)}")
+    preset = None
+    if device is not None:
+        preset = fitting.DEVICES.get(device)
+        if preset is None:
+            raise EdgeQwenError(f"unknown device {device!r}", hint=f"devices: {', '.join(fitting.DEVICES)}")
+        ram = f"{preset.ram}"
+    assert ram is not None
+    context = context if context is not None else preset.context if preset else 4096
+    reserve = reserve if reserve is not None else preset.reserve if preset else 0.25
     if task is not None and task not in TASKS:
         raise EdgeQwenError(f"unknown task {task!r}", hint=f"use one of: {', '.join(TASKS)}")
     if not 0 <= reserve <= 0.9:
@@ -102,11 +119,14 @@ def fit(
     rows, best = fitting.plan(parse_size(ram), context=context, task=task, reserve=reserve)
     if as_json:
         _print_json({"ram_bytes": parse_size(ram), "context": context, "reserve": reserve,
-                     "task": task, "recommended": best.to_dict() if best else None,
+                     "task": task, "device": preset.name if preset else None,
+                     "bench_profile": preset.profile if preset else None,
+                     "recommended": best.to_dict() if best else None,
                      "rows": [r.to_dict() for r in rows]})
         return
     budget = rows[0].budget
-    table = Table(title=f"memory budget {human(budget)} = {ram} x (1 - {reserve:g}), "
+    what = f"{preset.name} ({preset.description}, {human(preset.ram)})" if preset else ram
+    table = Table(title=f"memory budget {human(budget)} = {what} x (1 - {reserve:g}), "
                         f"context {context:,} tokens")
     for col in ("model", "precision", "weights", "KV cache", "overhead", "total", "fits"):
         table.add_column(col, justify="left" if col in ("model", "precision") else "right")
@@ -125,6 +145,8 @@ def fit(
         f"{best.model.kv_bytes_per_token:,} B) + {human(best.overhead)} runtime "
         f"= {human(best.total)} <= {human(budget)}."
     )
+    if preset:
+        out.print(f"Measure it like this device: edgeqwen bench ART --profile {preset.profile}")
 
 
 @app.command()

@@ -10,6 +10,35 @@ from edgeqwen.catalog import CATALOG, TASKS, ModelSpec
 # RSS of onnxruntime-genai / llama.cpp processes serving a 0.5B model minus weights and KV.
 RUNTIME_OVERHEAD_BYTES = 400 * 2**20
 PRECISIONS = ("fp16", "int8", "int4")  # best first
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Device:
+    """A class of device: its RAM, the share the OS and other apps keep, the context to
+    budget for, and the `edgeqwen bench` profile that imitates it."""
+
+    name: str
+    ram: int
+    reserve: float
+    context: int
+    profile: str
+    description: str
+
+
+# Phones: Android and iOS keep roughly half of the RAM for the system and other apps, and a
+# foreground app that takes more is killed. Boards run little else.
+DEVICES: dict[str, Device] = {d.name: d for d in (
+    Device("phone-4gb", 4 * GiB, 0.5, 2048, "phone", "entry-level phone"),
+    Device("phone-6gb", 6 * GiB, 0.5, 2048, "phone", "mid-range phone"),
+    Device("phone-8gb", 8 * GiB, 0.5, 2048, "phone", "recent phone"),
+    Device("phone-12gb", 12 * GiB, 0.5, 4096, "phone", "high-end phone"),
+    Device("board-2gb", 2 * GiB, 0.3, 2048, "tiny", "single-board computer, 2 GB"),
+    Device("board-4gb", 4 * GiB, 0.3, 2048, "mobile", "single-board computer, 4 GB"),
+    Device("board-8gb", 8 * GiB, 0.3, 4096, "mobile", "single-board computer, 8 GB"),
+    Device("laptop-8gb", 8 * GiB, 0.5, 4096, "desktop", "laptop running other apps"),
+    Device("laptop-16gb", 16 * GiB, 0.5, 4096, "desktop", "laptop running other apps"),
+)}
 
 
 @dataclass(frozen=True)

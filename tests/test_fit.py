@@ -47,3 +47,25 @@ def test_kv_cache_capped_at_model_context() -> None:
 def test_tasks_filter_families() -> None:
     rows, _ = fit.plan(8 * 2**30, task="math")
     assert {r.model.family for r in rows} == {"qwen2.5-math"}
+
+
+def test_device_presets(capsys) -> None:
+    import json
+
+    from edgeqwen.cli import main
+
+    assert main(["fit", "--device", "phone-6gb", "--task", "code", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    # 6 GiB x (1 - 0.5) = 3 GiB at 2048 tokens: the 3B coder at int4 (1.7 GiB + 72 MiB KV + 400 MiB).
+    assert (data["ram_bytes"], data["reserve"], data["context"]) == (6 * 2**30, 0.5, 2048)
+    assert data["recommended"]["model"] == "qwen2.5-coder-3b-instruct"
+    assert data["recommended"]["precision"] == "int4" and data["bench_profile"] == "phone"
+    assert main(["fit", "--device", "board-2gb", "--json"]) == 0
+    small = json.loads(capsys.readouterr().out)["recommended"]
+    assert small["total_bytes"] <= 2 * 2**30 * 0.7 and small["model"] != "qwen3-4b"
+    assert main(["fit", "--device", "phone-6gb", "--context", "8192", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["context"] == 8192  # explicit options win
+    assert main(["fit", "--device", "toaster"]) == 1
+    assert "unknown device" in capsys.readouterr().err
+    assert main(["fit"]) == 1
+    assert "either --ram or --device" in capsys.readouterr().err
