@@ -42,16 +42,39 @@ def load(path: str | Path, *, verify: bool = True, threads: int | None = None,
     return LLM(runtime, path=path, manifest=manifest.model_dump(mode="json"))
 
 
+def generation_options(*, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                       top_k: int = 0, seed: int | None = None,
+                       stop: Sequence[str] = ()) -> GenerationOptions:
+    """GenerationOptions, with a bad value reported as a user error (exit 1) instead of a crash."""
+    try:
+        return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                 top_k=top_k, seed=seed, stop=tuple(stop))
+    except ValueError as err:
+        raise EdgeQwenError(str(err)) from None
+
+
 class ReplyStream:
     """Iterate for `Piece`s (kind "thinking" or "content"); `.reply` holds the parsed reply
     (tool calls, token counts) once the iteration is over."""
 
-    def __init__(self, pieces: Iterator[Piece]) -> None:
-        self._pieces = pieces
+    def __init__(self, runtime: Runtime, prompt: str, options: GenerationOptions,
+                 lock: threading.RLock) -> None:
+        self._runtime, self._prompt, self._options, self._lock = runtime, prompt, options, lock
         self.reply: Reply | None = None
 
     def __iter__(self) -> Iterator[Piece]:
-        return self._pieces
+        stats = GenerationStats()
+        splitter = ThinkingSplitter()
+        text = []
+        with self._lock:
+            for chunk in self._runtime.stream(self._prompt, self._options, stats):
+                text.append(chunk)
+                yield from splitter.feed(chunk)
+            yield from splitter.flush()
+        reply = parse_reply("".join(text))
+        reply.prompt_tokens, reply.completion_tokens = stats.prompt_tokens, stats.completion_tokens
+        reply.finish_reason = stats.finish_reason  # type: ignore[assignment]
+        self.reply = reply
 
 
 class LLM:
@@ -108,30 +131,10 @@ class LLM:
                top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (),
                tools: Sequence[dict[str, Any]] | None = None, thinking: bool | None = None) -> ReplyStream:
         """Like chat(), piece by piece as it is generated; thinking and content are told apart."""
-        try:
-            options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                        top_k=top_k, seed=seed, stop=tuple(stop))
-        except ValueError as err:
-            raise EdgeQwenError(str(err)) from None
-        prompt = self.render(messages, tools=tools, thinking=thinking)
-        result = ReplyStream(iter(()))
-
-        def pieces() -> Iterator[Piece]:
-            stats = GenerationStats()
-            splitter = ThinkingSplitter()
-            text = []
-            with self._lock:
-                for chunk in self.runtime.stream(prompt, options, stats):
-                    text.append(chunk)
-                    yield from splitter.feed(chunk)
-                yield from splitter.flush()
-            reply = parse_reply("".join(text))
-            reply.prompt_tokens, reply.completion_tokens = stats.prompt_tokens, stats.completion_tokens
-            reply.finish_reason = stats.finish_reason  # type: ignore[assignment]
-            result.reply = reply
-
-        result._pieces = pieces()
-        return result
+        options = generation_options(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                     top_k=top_k, seed=seed, stop=stop)
+        return ReplyStream(self.runtime, self.render(messages, tools=tools, thinking=thinking), options,
+                           self._lock)
 
 
 def _check_messages(messages: Sequence[Message]) -> None:

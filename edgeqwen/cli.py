@@ -198,10 +198,11 @@ def build(
               f"({sum(f.bytes for f in result.manifest.files) / 2**20:,.1f} MiB, "
               f"{result.manifest.build['seconds']:.0f} s)")
     if validate:
-        from edgeqwen.validation import validate_artifact
+        from edgeqwen.validation import raise_if_failed, validate_artifact
 
         report, gates = validate_artifact(result.path, threads=threads)
         _show_validation(report, gates)
+        raise_if_failed(gates)
 
 
 ArtifactArg = Annotated[Path, typer.Argument(help="An artifact folder.")]
@@ -210,8 +211,6 @@ Record = Annotated[bool, typer.Option(help="Write the results into the manifest.
 
 
 def _show_validation(report: Any, gates: list[Any]) -> None:
-    from edgeqwen.errors import GateFailed
-
     table = Table(title=f"quality vs {report.reference}")
     for col in ("text", "tokens", "ppl reference", "ppl", "ppl Δ %", "KL", "top-1"):
         table.add_column(col, justify="left" if col == "text" else "right")
@@ -236,11 +235,6 @@ def _show_validation(report: Any, gates: list[Any]) -> None:
         gate_table.add_row(g.gate, f"{g.limit:g}", f"{g.value:g}",
                            "[green]pass[/green]" if g.passed else "[red]FAIL[/red]")
     out.print(gate_table)
-    failed = [g for g in gates if not g.passed]
-    if failed:
-        raise GateFailed("quality gates failed: " + ", ".join(
-            f"{g.metric} {g.value:g} (limit {g.limit:g})" for g in failed),
-            hint="use a higher-precision recipe or a better algorithm; the numbers are in the manifest")
 
 
 @app.command()
@@ -262,22 +256,16 @@ def validate(
     """Measure an artifact against its reference: perplexity of both and its increase, mean KL
     divergence, top-1 agreement, greedy-continuation match; then the recipe's gates (exit 2
     when one fails)."""
-    from edgeqwen.validation import read_texts, validate_artifact
+    from edgeqwen.validation import raise_if_failed, read_texts, result_dict, validate_artifact
 
     texts = read_texts(text) if text else None
     report, gates = validate_artifact(artifact, reference=reference, texts=texts, threads=threads,
                                       chunk=chunk, max_tokens=max_tokens, record=record)
     if as_json:
-        from dataclasses import asdict
-
-        print(json.dumps({**report.to_dict(), "gates": [asdict(g) for g in gates],
-                          "passed": all(g.passed for g in gates)}, indent=2))
-        if not all(g.passed for g in gates):
-            from edgeqwen.errors import GateFailed
-
-            raise GateFailed("quality gates failed (see the JSON report)")
-        return
-    _show_validation(report, gates)
+        print(json.dumps(result_dict(report, gates), indent=2))
+    else:
+        _show_validation(report, gates)
+    raise_if_failed(gates)
 
 
 @app.command()
@@ -411,17 +399,6 @@ def verify(artifact: ArtifactArg) -> None:
     out.print(f"[green]ok[/green] {artifact}: every file matches manifest.json")
 
 
-def _generation_options(max_new_tokens: int, temperature: float, top_p: float, top_k: int,
-                        seed: int | None, stop: list[str] | None) -> Any:
-    from runtimes.base import GenerationOptions
-
-    try:
-        return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature,
-                                 top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()))
-    except ValueError as e:
-        raise EdgeQwenError(str(e)) from None
-
-
 MaxTokens = Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate at most.")]
 Temperature = Annotated[float, typer.Option(help="0 is greedy (deterministic).")]
 TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (with temperature > 0).")]
@@ -463,13 +440,13 @@ def run_prompt(
     context: Context = None, thinking: Thinking = None,
 ) -> None:
     """Answer one prompt with an artifact, streaming the reply to stdout."""
-    from edgeqwen.api import load
+    from edgeqwen.api import generation_options, load
 
     llm = load(artifact, verify=False, threads=threads, context_length=context)
     sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                     seed=seed, stop=tuple(stop or ()))
     if raw:
-        _print_stream(llm.runtime.stream(prompt, _generation_options(**sampling)))
+        _print_stream(llm.runtime.stream(prompt, generation_options(**sampling)))
         return
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}]

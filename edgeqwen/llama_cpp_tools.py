@@ -148,7 +148,6 @@ def convert(checkpoint: Path, out: Path, outtype: str, log: Path, *, model_name:
 def quantize(src: Path, dst: Path, precision: str, log: Path, *, threads: int,
              output_tensor_type: str | None = None, token_embedding_type: str | None = None,
              pure: bool = False, leave_output_tensor: bool = False) -> None:
-    file_type(precision)  # an unknown type fails here, in edgeqwen, with the fix
     cmd = [sys.executable, "-m", "edgeqwen.llama_cpp_tools", "quantize", str(src), str(dst), precision,
            "--threads", str(threads)]
     if output_tensor_type:

@@ -242,7 +242,21 @@ def validate_artifact(path: Path | str, *, reference: str | None = None, texts: 
                      reference_name=ref_name, candidate_name=f"{manifest.runtime}: {path}")
     gates = check_gates(report, manifest.recipe.get("validation") or {})
     if record:
-        manifest.validation = {**report.to_dict(), "gates": [asdict(g) for g in gates],
-                               "passed": all(g.passed for g in gates)}
+        manifest.validation = result_dict(report, gates)
         manifest.write(path)
     return report, gates
+
+
+def result_dict(report: Report, gates: list[GateResult]) -> dict[str, Any]:
+    """The report with its gate results: what the manifest records and `--json` prints."""
+    return {**report.to_dict(), "gates": [asdict(g) for g in gates], "passed": all(g.passed for g in gates)}
+
+
+def raise_if_failed(gates: list[GateResult]) -> None:
+    from edgeqwen.errors import GateFailed
+
+    failed = [g for g in gates if not g.passed]
+    if failed:
+        raise GateFailed("quality gates failed: " + ", ".join(
+            f"{g.metric} {g.value:g} (limit {g.limit:g})" for g in failed),
+            hint="use a higher-precision recipe or a better algorithm; the numbers are in the manifest")
