@@ -153,9 +153,11 @@ class ArtifactWriter:
         os.chmod(self.staging, 0o777 & ~_umask())  # readable by a model server running as another user
         return self.staging
 
-    def commit(self, manifest: Manifest) -> Path:
+    def commit(self, manifest: Manifest | None = None) -> Path:
+        """Move the staged folder into place (exports have no manifest of their own)."""
         assert self.staging is not None, "commit() outside the with-block"
-        manifest.write(self.staging)
+        if manifest is not None:
+            manifest.write(self.staging)
         old = None
         if self.out.exists():
             old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")

@@ -22,6 +22,17 @@ FAMILIES = ("qwen2.5", "qwen2.5-coder", "qwen2.5-math", "qwen3")
 TASKS = {"chat": ("qwen2.5", "qwen3"), "code": ("qwen2.5-coder",), "math": ("qwen2.5-math",)}
 
 
+# Qwen's recommended sampling per family (the models' generation_config.json on the Hub;
+# Qwen3's model card gives these for thinking mode). Exports fall back on them when an
+# artifact carries no generation_config.json with sampling settings.
+SAMPLING: dict[str, dict[str, float]] = {
+    "qwen2.5": {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05},
+    "qwen2.5-coder": {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05},
+    "qwen2.5-math": {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05},
+    "qwen3": {"temperature": 0.6, "top_p": 0.95, "top_k": 20},
+}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     id: str
@@ -39,6 +50,10 @@ class ModelSpec:
     license: str
     thinking: bool
     head_dim: int | None = None  # Qwen3 sets it explicitly; Qwen2 derives hidden / heads
+
+    @property
+    def sampling(self) -> dict[str, float]:
+        return dict(SAMPLING[self.family])
 
     @property
     def head_size(self) -> int:

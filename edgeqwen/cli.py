@@ -489,6 +489,74 @@ def chat(
         history.append(stream.reply.to_message())  # the answer only: Qwen3 drops old reasoning
 
 
+export_app = typer.Typer(
+    help="Repackage an artifact for the program that runs it: `ollama` (GGUF) or `foundry` "
+    "(ONNX, Foundry Local).", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+ExportOut = Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must not exist).")]
+Force = Annotated[bool, typer.Option(help="Replace --out if it exists.")]
+
+
+@export_app.command("ollama")
+def export_ollama(
+    artifact: ArtifactArg,
+    out_dir: ExportOut,
+    name: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Model name for `ollama create` (default: the artifact's name).")] = None,
+    num_ctx: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--num-ctx", help="Context Ollama allocates (default: the recipe's context length).")] = None,
+    template: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Use this Go template instead of edgeqwen's Qwen one.")] = None,
+    force: Force = False,
+) -> None:
+    """Write a Modelfile + model.gguf folder for `ollama create`.
+
+    The Modelfile has an explicit TEMPLATE (Go) that renders conversations exactly like the
+    model's Jinja chat template - system prompt, multi-turn, tools and tool results, and
+    Qwen3's thinking on/off - plus stop tokens, num_ctx, the model's sampling defaults and
+    its licence. The GGUF is hard-linked when possible, so the export costs no disk.
+    """
+    from edgeqwen.exports.ollama import export_ollama as run_export
+
+    done = run_export(artifact, out_dir, name=name, num_ctx=num_ctx, template_file=template,
+                      force=force)
+    for note in done.notes:
+        err.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    params = ", ".join(f"{k} {v}" for k, v in done.parameters.items())
+    out.print(f"[green]wrote[/green] {done.modelfile} ({done.template.family} template; {params})",
+              highlight=False)
+    out.print(f"next: ollama create {done.name} -f {done.modelfile}", highlight=False, soft_wrap=True)
+
+
+@export_app.command("foundry")
+def export_foundry(
+    artifact: ArtifactArg,
+    out_dir: ExportOut,
+    name: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Model name (default: the artifact's name).")] = None,
+    version: Annotated[int, typer.Option(help="Model version: the id is NAME:VERSION.")] = 1,
+    publisher: Annotated[str, typer.Option(help="Publisher folder of the cache layout.")] = "edgeqwen",
+    context: Context = None,
+    force: Force = False,
+) -> None:
+    """Write an ONNX artifact as a Foundry Local model folder (cache layout).
+
+    OUT/PUBLISHER/NAME-VERSION/ holds the model, tokenizer and chat template, a
+    genai_config.json Foundry's runtime accepts (context length set, no static batching)
+    and inference_model.json (Name + PromptTemplate) for Foundry's cache scanner and
+    older versions. Model files are hard-linked when possible.
+    """
+    from edgeqwen.exports.foundry import export_foundry as run_export
+
+    done = run_export(artifact, out_dir, name=name, version=version, publisher=publisher,
+                      context_length=context, force=force)
+    out.print(f"[green]wrote[/green] {done.model_dir} (model id {done.model_id})", highlight=False)
+    out.print("next (foundry-local-sdk 2.x): catalog = manager.get_catalog(CatalogType.LOCAL); "
+              f"catalog.register_model({str(done.model_dir)!r}, {done.model_id!r}, metadata) "
+              "with metadata.set_string_property('task', 'chat-completion')  "
+              f"- or: foundry cache cd {done.root}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def plugins() -> None:
     """List the installed build engines and runtime backends (entry points)."""

@@ -8,6 +8,8 @@ same code paths as the real models, only in milliseconds.
 from __future__ import annotations
 
 import json
+import subprocess
+import venv
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,30 @@ def edit_json(path: Path, **changes: object) -> None:
         else:
             data[key] = value
     path.write_text(json.dumps(data))
+
+
+# Foundry Local's SDK pins onnxruntime 1.31.0 (edgeqwen uses 1.32.0), so it lives in its own
+# virtual environment under the edgeqwen test cache, made once per machine from PyPI.
+SDK = "foundry-local-sdk==2.2.1"
+CHAT = Path(__file__).parent / "foundry_local_chat.py"
+
+
+@pytest.fixture(scope="session")
+def foundry_python() -> Path:
+    env = REAL_HOME / "test-cache" / SDK.replace("==", "-")
+    python = env / "bin" / "python"
+    if not (env / ".complete").is_file():
+        venv.create(env, with_pip=True, clear=True)
+        done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", SDK],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, f"installing {SDK} from PyPI failed:\n{done.stderr[-2000:]}"
+        (env / ".complete").touch()
+    return python
+
+
+def run_foundry(python: Path, **args: object) -> tuple[dict, str]:
+    done = subprocess.run([str(python), str(CHAT), json.dumps(args)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(result[len("RESULT "):]), done.stdout + done.stderr

@@ -97,7 +97,7 @@ def test_shipped_recipe_builds_an_artifact_stock_llama_cpp_loads(
     precision = load_recipe(recipe).precision
     manifest = load_manifest(art)
     assert (manifest.format, manifest.runtime, manifest.engine["name"]) == ("gguf", "llama-cpp", "llama-cpp")
-    assert [f.path for f in manifest.files] == ["chat_template.jinja", "model.gguf"]
+    assert [f.path for f in manifest.files] == ["chat_template.jinja", "generation_config.json", "model.gguf"]
     assert verify(art) == []
     assert manifest.tools["llama-cpp-python"] == llama_cpp_tools.installed_version()
     steps = [s["step"] for s in manifest.build["steps"]]  # build cost per step

@@ -78,3 +78,20 @@ def test_the_readme_example_app_runs_against_the_sample(sample_q4_k_m, capsys) -
     assert reply.thinking is None and stream.reply is not None and stream.reply.tool_calls == []
     assert "#include" in stream.reply.content or "char" in stream.reply.content  # the C version
     assert out.startswith(reply.content)
+
+
+def test_ollama_export_of_the_sample(sample_q4_k_m, tmp_path) -> None:
+    from test_export_ollama import read_modelfile
+
+    from edgeqwen.exports.ollama import export_ollama
+
+    done = export_ollama(sample_q4_k_m, tmp_path / "ollama", name="qwen-coder:q4")
+    commands = read_modelfile(done.modelfile)
+    assert commands["FROM"] == ["./model.gguf"]
+    # The sample's generation_config.json has no sampling keys: Qwen2.5-Coder's recommended ones.
+    assert commands["PARAMETER"] == ['stop "<|im_end|>"', 'stop "<|endoftext|>"', "num_ctx 4096",
+                                     "temperature 0.7", "top_p 0.8", "top_k 20", "repeat_penalty 1.05"]
+    assert '{{- $system := "You are Qwen, created by Alibaba Cloud. You are a helpful assistant." }}' \
+        in commands["TEMPLATE"][0]
+    assert "Apache License" in commands["LICENSE"][0]
+    assert (tmp_path / "ollama" / "model.gguf").stat().st_ino == (sample_q4_k_m / "model.gguf").stat().st_ino

@@ -5,9 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_foundry
 
+import edgeqwen
 from edgeqwen.artifacts import load_manifest
 from edgeqwen.cli import main
+from edgeqwen.exports.foundry import export_foundry
 from edgeqwen.pipeline import build
 
 pytestmark = pytest.mark.slow
@@ -47,3 +50,18 @@ def test_int4_tracks_the_reference_on_code(sample_int4) -> None:
     assert art.encode(text) == ids
     agreement = float(np.mean(ref.logits(ids).argmax(-1) == art.logits(ids).argmax(-1)))
     assert agreement > 0.75, f"top-1 agreement {agreement:.2f}"
+
+
+def test_foundry_local_answers_through_the_export_like_edgeqwen(sample_int4, tmp_path,
+                                                                 foundry_python) -> None:
+    """Foundry Local's own runtime (foundry-local-sdk 2.2.1, offline) runs the exported
+    sample and gives edgeqwen's greedy answer word for word - so it applied the same chat
+    template, default system prompt included."""
+    done = export_foundry(sample_int4, tmp_path / "foundry", name="qwen2.5-coder-0.5b-int4")
+    messages = [{"role": "user", "content": QUESTION}]
+    result, _ = run_foundry(foundry_python, mode="register", model_dir=str(done.model_dir),
+                            model_id=done.model_id, root=str(tmp_path / "cache"),
+                            app_dir=str(tmp_path / "app"), messages=messages, max_tokens=48)
+    expected = edgeqwen.load(sample_int4).chat(messages, max_new_tokens=48, temperature=0.0)
+    assert "def reverse" in expected.text
+    assert result["reply"] == expected.text

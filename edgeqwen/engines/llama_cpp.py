@@ -8,6 +8,7 @@ loads the artifact, so the file and its reader always agree.
 
 from __future__ import annotations
 
+import shutil
 from typing import Literal
 
 from edgeqwen import llama_cpp_tools as tools
@@ -102,6 +103,9 @@ class LlamaCppEngine(Engine):
                               hint="report this with the build log; the artifact would chat wrongly")
         if info.chat_template is not None:
             (job.out / "chat_template.jinja").write_text(info.chat_template, encoding="utf-8")
+        generation_config = job.source.path / "generation_config.json"
+        if generation_config.is_file():  # sampling defaults for exports (Ollama PARAMETERs)
+            shutil.copyfile(generation_config, job.out / generation_config.name)
         notes = []
         fallbacks = {t: n for t, n in info.tensor_types.items() if t not in K_TYPES}
         if "_K" in precision and fallbacks:
