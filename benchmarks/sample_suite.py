@@ -111,6 +111,43 @@ def peer_artifact(folder: Path, source: sources.ResolvedSource) -> Path:
     return folder
 
 
+def measure(paths: list[Path], source: sources.ResolvedSource, out: Path, stem: str, title: str,
+            baseline: str, *, threads: int, repeats: int, max_tokens: int | None,
+            profile_name: str = "desktop") -> str:
+    """Validate every artifact against the fp32 reference (computed once), bench them one
+    after another, and write OUT/STEM.{md,html,json}. Returns the markdown."""
+    reference = CachedReference(TransformersRuntime.load(source.path, threads=threads))
+    ref_desc = f"transformers fp32: {source.path}"
+    for art in paths:
+        print(f"== validate {art.name}", flush=True)
+        validate_artifact(art, threads=threads, max_tokens=max_tokens,
+                          reference_runtime=(reference, ref_desc))
+    del reference
+
+    profile = get_profile(profile_name)
+    for art in paths:
+        print(f"== bench {art.name}", flush=True)
+        bench.run(art, profile, threads=threads, repeats=repeats)
+
+    rows = report.collect(paths, profile_name)
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "
+               f"Python {platform.python_version()}, edgeqwen {__version__}, {time.strftime('%Y-%m-%d')}; "
+               f"{threads} threads")
+    note = (f"Sample: Qwen2.5-Coder-0.5B-Instruct (reference = fp32 checkpoint dequantized from the official "
+            f"Q4_K_M). Machine: {machine}.")
+    out.mkdir(parents=True, exist_ok=True)
+    md = f"# {title}\n\n{note}\n\n" + report.markdown(rows, baseline)
+    (out / f"{stem}.md").write_text(md, encoding="utf-8")
+    (out / f"{stem}.html").write_text(report.html_report(rows, title, baseline, note), encoding="utf-8")
+    data = {"machine": machine, "note": note, "baseline": baseline,
+            "artifacts": {p.name: {k: v for k, v in load_manifest(p).model_dump(mode="json").items()
+                                   if k in ("recipe", "engine", "build", "validation", "benchmarks", "files")}
+                          for p in paths}}
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    print(md)
+    return md
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,36 +170,8 @@ def main() -> int:
         paths.append(art)
     paths.append(peer_artifact(arts_dir / PEER, source))
 
-    reference = CachedReference(TransformersRuntime.load(source.path, threads=args.threads))
-    ref_desc = f"transformers fp32: {source.path}"
-    for art in paths:
-        print(f"== validate {art.name}", flush=True)
-        validate_artifact(art, threads=args.threads, max_tokens=args.max_tokens,
-                          reference_runtime=(reference, ref_desc))
-    del reference
-
-    profile = get_profile("desktop")
-    for art in paths:
-        print(f"== bench {art.name}", flush=True)
-        bench.run(art, profile, threads=args.threads, repeats=args.repeats)
-
-    rows = report.collect(paths, "desktop")
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "
-               f"Python {platform.python_version()}, edgeqwen {__version__}, {time.strftime('%Y-%m-%d')}; "
-               f"{args.threads} threads")
-    note = (f"Sample: Qwen2.5-Coder-0.5B-Instruct (reference = fp32 checkpoint dequantized from the official "
-            f"Q4_K_M). Machine: {machine}.")
-    args.out.mkdir(parents=True, exist_ok=True)
-    md = f"# edgeqwen sample suite\n\n{note}\n\n" + report.markdown(rows, BASELINE)
-    (args.out / "sample.md").write_text(md, encoding="utf-8")
-    (args.out / "sample.html").write_text(report.html_report(rows, "edgeqwen sample suite", BASELINE, note),
-                                          encoding="utf-8")
-    data = {"machine": machine, "note": note, "baseline": BASELINE,
-            "artifacts": {p.name: {k: v for k, v in load_manifest(p).model_dump(mode="json").items()
-                                   if k in ("recipe", "engine", "build", "validation", "benchmarks", "files")}
-                          for p in paths}}
-    (args.out / "sample.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    print(md)
+    measure(paths, source, args.out, "sample", "edgeqwen sample suite", BASELINE, threads=args.threads,
+            repeats=args.repeats, max_tokens=args.max_tokens)
     return 0
 
 

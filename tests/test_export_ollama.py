@@ -202,6 +202,19 @@ def test_qwen25_go_template_renders_like_the_jinja_template(go_render) -> None:
                      "numbers.<|im_end|>\n<|im_start|>assistant\n")
 
 
+def test_qwen25_math_default_system_prompt_survives_as_a_go_string(go_render) -> None:
+    """Qwen2.5-Math's template differs only in its default system prompt, which has a
+    backslash and braces: it must reach the prompt unchanged through the Go string literal."""
+    math_default = "Please reason step by step, and put your final answer within \\boxed{}."
+    jinja = chat_template_for("qwen2").replace(
+        "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", math_default)
+    template = go_template(jinja)
+    assert (template.family, template.known, template.default_system) == ("qwen2.5", True, math_default)
+    cases = {k: CONVERSATIONS[k] for k in ("user", "tools", "system-user")}
+    result = assert_equivalent(go_render, template.text, jinja, cases, (None,))
+    assert result["renders"][0].startswith(f"<|im_start|>system\n{math_default}<|im_end|>")
+
+
 def test_qwen3_go_template_renders_like_the_jinja_template_thinking_on_off_and_unset(go_render) -> None:
     jinja = chat_template_for("qwen3")
     template = go_template(jinja)
