@@ -206,8 +206,9 @@ def test_qwen25_math_default_system_prompt_survives_as_a_go_string(go_render) ->
     """Qwen2.5-Math's template differs only in its default system prompt, which has a
     backslash and braces: it must reach the prompt unchanged through the Go string literal."""
     math_default = "Please reason step by step, and put your final answer within \\boxed{}."
-    jinja = chat_template_for("qwen2").replace(
-        "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", math_default)
+    jinja = chat_template_for("qwen2").replace(  # a Jinja string literal escapes the backslash
+        "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+        math_default.replace("\\", "\\\\"))
     template = go_template(jinja)
     assert (template.family, template.known, template.default_system) == ("qwen2.5", True, math_default)
     cases = {k: CONVERSATIONS[k] for k in ("user", "tools", "system-user")}

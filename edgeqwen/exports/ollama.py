@@ -72,7 +72,9 @@ def default_system_prompt(jinja: str) -> str | None:
 def go_template(jinja: str) -> GoTemplate:
     """Pick the Go template equivalent to a Qwen Jinja chat template."""
     default = default_system_prompt(jinja)
-    stripped = jinja.replace(default, "") if default else jinja
+    stripped = jinja
+    if default:  # as written in a Jinja string literal: backslashes escaped
+        stripped = stripped.replace(default.replace("\\", "\\\\"), "").replace(default, "")
     known = KNOWN_TEMPLATES.get(hashlib.sha256(stripped.encode("utf-8")).hexdigest())
     if known:
         family = known
