@@ -27,6 +27,7 @@ def graph_summary(folder: Path) -> dict[str, object]:
     return {
         "ops": {n.op_type for n in model.graph.node},
         "nbits": sorted({a["bits"] for a in attrs}),
+        "bits_by_node": {n.name: a["bits"] for n, a in zip(nbits, attrs, strict=True)},
         "block_size": sorted({a["block_size"] for a in attrs}),
         "accuracy_level": sorted({a.get("accuracy_level", 0) for a in attrs}),
         "gather_block_quantized": any(n.op_type == "GatherBlockQuantized" for n in model.graph.node),
@@ -73,7 +74,18 @@ def test_shipped_recipe_builds_a_loadable_artifact(recipe, tiny_model, art_root,
     assert genai["search"]["max_length"] == 512 == manifest.engine["search_max_length"]
     summary = graph_summary(art)
     if r.precision in ("int4", "int8"):
-        assert summary["nbits"] == [4 if r.precision == "int4" else 8]
+        mixed = r.algorithm.get("matmul_mixed_precision", {})
+        assert summary["nbits"] == sorted({4 if r.precision == "int4" else 8, *(8 for _ in mixed)})
+        if "last_matmul" in mixed:  # the LM head is the one kept in 8 bits
+            assert summary["bits_by_node"]["/lm_head/MatMul_Q8"] == 8
+        # The manifest records which MatMuls got which width.
+        recorded = manifest.engine["matmul_bits"]
+        kept = sorted(n for n, b in summary["bits_by_node"].items() if b == 8)
+        if mixed:
+            assert sorted(recorded["int8"]) == kept
+            assert recorded["int4"] == len(summary["bits_by_node"]) - len(kept)
+        else:
+            assert recorded == {f"int{summary['nbits'][0]}": len(summary["bits_by_node"])}
         assert summary["block_size"] == [r.algorithm["block_size"]]
         assert summary["accuracy_level"] == [r.algorithm["accuracy_level"]]
     else:

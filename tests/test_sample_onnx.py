@@ -30,9 +30,14 @@ def test_stock_onnxruntime_genai_loads_it_and_it_codes(sample_int4, capsys) -> N
     assert genai["search"]["max_length"] == 4096  # not the model's 32k
     manifest = load_manifest(sample_int4)
     assert manifest.source.kind == "sample"
-    assert manifest.engine["options"]["extra_options"]["algo_config"] == "k_quant"
+    extra = manifest.engine["options"]["extra_options"]
+    assert (extra["algo_config"], extra["is_symmetric"]) == ("rtn", "false")
+    assert extra["matmul_mixed_precision"] == "last_matmul:int8,mixed_layers:int8"
+    # INT8 kept where the sweep measured it pays: the LM head and llama.cpp's layer set.
+    assert "/lm_head/MatMul_Q8" in manifest.engine["matmul_bits"]["int8"]
+    assert len(manifest.engine["matmul_bits"]["int8"]) == 25 and manifest.engine["matmul_bits"]["int4"] == 96
     weights = sum(f.bytes for f in manifest.files if f.path.startswith("model.onnx"))
-    assert 300e6 < weights < 1000e6  # INT4 MatMuls, fp32 embedding
+    assert 300e6 < weights < 1100e6  # INT4/INT8 MatMuls, fp32 embedding
     assert main(["run", str(sample_int4), QUESTION, "-n", "60", "--threads", "2"]) == 0
     reply = capsys.readouterr().out
     assert "def reverse" in reply and ("[::-1]" in reply or "reversed" in reply)

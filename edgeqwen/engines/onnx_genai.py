@@ -106,11 +106,31 @@ class OnnxGenAIEngine(Engine):
         template = chat_template(job.source.path)
         if template and not (job.out / "chat_template.jinja").is_file():
             (job.out / "chat_template.jinja").write_text(template, encoding="utf-8")
+        details: dict = {"search_max_length": config["search"]["max_length"]}
+        if recipe.precision in QUANTIZED:
+            details["matmul_bits"] = matmul_bits(job.out / "model.onnx")
         return EngineResult(
             options_passed={"precision": recipe.precision, "execution_provider": "cpu",
                             "extra_options": extra},
-            details={"search_max_length": config["search"]["max_length"]},
+            details=details,
         )
+
+
+def matmul_bits(model_path: Path) -> dict[str, list[str] | int]:
+    """Which quantized MatMuls got which bit width: the body's count, and by name the MatMuls
+    a mixed-precision recipe kept at the other width (the set the manifest records)."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    by_bits: dict[int, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            bits = next(a.i for a in node.attribute if a.name == "bits")
+            by_bits.setdefault(bits, []).append(node.name)
+    if not by_bits:
+        return {}
+    body = max(by_bits, key=lambda b: len(by_bits[b]))
+    return {f"int{b}": (len(names) if b == body else names) for b, names in sorted(by_bits.items())}
 
 
 def _set_context_length(path: Path, context_length: int) -> dict:
