@@ -65,7 +65,7 @@ def summary(paths: list[Path]) -> tuple[str, dict[str, Any]]:
     """Per-text quality and the issue's targets, relative to the plain INT4 baseline."""
     manifests = {p.name.removeprefix("sample-"): load_manifest(p) for p in paths}
     base = manifests[BASELINE]
-    base_size = sum(f.bytes for f in base.files)
+    base_size = base.size_bytes
     base_decode = base.benchmarks["desktop"]["decode_tok_s"]
     texts = sorted(base.validation["texts"])
     lines = ["### per text and targets (vs plain INT4 `int4-rtn`)", "",
@@ -75,7 +75,7 @@ def summary(paths: list[Path]) -> tuple[str, dict[str, Any]]:
     data = {}
     for name, m in manifests.items():
         v = m.validation
-        size = sum(f.bytes for f in m.files) / base_size
+        size = m.size_bytes / base_size
         decode = m.benchmarks["desktop"]["decode_tok_s"] / base_decode
         per_text = {t: v["texts"][t]["ppl_increase_pct"] for t in texts}
         meets = (v["overall"]["ppl_increase_pct"] <= TARGET["ppl_increase_pct"]

@@ -63,6 +63,11 @@ class Manifest(BaseModel):
     benchmarks: dict[str, Any] = Field(default_factory=dict)  # device profile -> `edgeqwen bench` report
     notes: list[str] = Field(default_factory=list)
 
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of every file of the artifact (the manifest itself excluded)."""
+        return sum(f.bytes for f in self.files)
+
     def write(self, folder: Path) -> None:
         _atomic_write_text(folder / MANIFEST, self.model_dump_json(indent=2) + "\n")
 

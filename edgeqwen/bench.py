@@ -64,7 +64,7 @@ def run(artifact: Path | str, profile: DeviceProfile, *, memory_cap: int | None 
         "profile": profile.name, "threads": settings.threads,
         "memory_cap_mb": round(cap / 2**20) if cap else None,
         "context_length": settings.context_length, "runtime": manifest.runtime,
-        "size_mb": round(sum(f.bytes for f in manifest.files) / 2**20, 1),
+        "size_mb": round(manifest.size_bytes / 2**20, 1),
     }
     lines = proc.stdout.strip().splitlines()
     if proc.returncode == 0 and lines:

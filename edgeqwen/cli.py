@@ -195,7 +195,7 @@ def build(
 
     result = run_build(recipe, model, out_dir, force=force)
     out.print(f"[green]built[/green] {result.path} "
-              f"({sum(f.bytes for f in result.manifest.files) / 2**20:,.1f} MiB, "
+              f"({result.manifest.size_bytes / 2**20:,.1f} MiB, "
               f"{result.manifest.build['seconds']:.0f} s)")
     if validate:
         from edgeqwen.validation import raise_if_failed, validate_artifact

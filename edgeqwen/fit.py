@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgeqwen.catalog import CATALOG, TASKS, ModelSpec
+from edgeqwen.units import GiB
 
 # Runtime libraries, tokenizer, scratch buffers and the logits of one step, measured as the
 # RSS of onnxruntime-genai / llama.cpp processes serving a 0.5B model minus weights and KV.
 RUNTIME_OVERHEAD_BYTES = 400 * 2**20
 PRECISIONS = ("fp16", "int8", "int4")  # best first
-GiB = 2**30
 
 
 @dataclass(frozen=True)

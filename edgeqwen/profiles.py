@@ -10,8 +10,7 @@ import os
 from dataclasses import dataclass
 
 from edgeqwen.errors import EdgeQwenError
-
-GiB = 2**30
+from edgeqwen.units import GiB
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def row(path: Path, manifest: Manifest, profile: str) -> Row:
     return Row(
         name=manifest.name or path.name, format=manifest.format,
         precision=str(manifest.recipe.get("precision")),
-        size_mb=round(sum(f.bytes for f in manifest.files) / 2**20, 1),
+        size_mb=round(manifest.size_bytes / 2**20, 1),
         ppl_increase_pct=overall.get("ppl_increase_pct"), kl=overall.get("kl"),
         top1=overall.get("top1_agreement"),
         greedy_match=v.get("greedy_match"), gates_passed=v.get("passed"),

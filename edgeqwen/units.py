@@ -6,6 +6,7 @@ import re
 
 from edgeqwen.errors import EdgeQwenError
 
+GiB = 2**30
 # Device specs say "4GB" for 4 GiB, so decimal and binary spellings mean the same here.
 _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
