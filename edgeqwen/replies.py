@@ -120,11 +120,10 @@ class ThinkingSplitter:
                     yield Piece("thinking", ready)
                 self._buffer = self._buffer[len(ready):]
                 return
-            elif self._mode == "after_think":
+            elif self._mode == "after_think":  # newlines after </think> are not part of the answer
                 self._buffer = self._buffer.lstrip("\n")
                 if self._buffer:
                     self._mode = "content"
-                return
             else:
                 yield Piece("content", self._buffer)
                 self._buffer = ""

@@ -14,7 +14,7 @@ import edgeqwen
 from edgeqwen.api import LLM
 from edgeqwen.errors import ArtifactError, EdgeQwenError
 from edgeqwen.pipeline import build
-from edgeqwen.replies import ThinkingSplitter, ToolCall, parse_reply, split_thinking
+from edgeqwen.replies import Piece, ThinkingSplitter, ToolCall, parse_reply, split_thinking
 from runtimes.base import GenerationOptions, Runtime
 from runtimes.transformers_backend import TransformersRuntime
 
@@ -81,6 +81,15 @@ def test_streamed_pieces_equal_the_parsed_reply(size) -> None:
         thinking_done, answer = split_thinking(text)
         assert thinking == (thinking_done or ""), (text, size)
         assert content == answer, (text, size)
+
+
+def test_answer_text_is_not_held_back_after_the_think_block() -> None:
+    """Content that arrives in the same piece as `</think>` streams at once, not one piece late."""
+    splitter = ThinkingSplitter()
+    assert list(splitter.feed("<think>\nhmm\n</think>\n\nHello")) == [
+        Piece("thinking", "hmm"), Piece("content", "Hello")]
+    assert list(splitter.feed(" world")) == [Piece("content", " world")]
+    assert list(splitter.flush()) == []
 
 
 def test_qwen3_thinking_switch_renders_like_transformers(tiny_qwen3) -> None:
