@@ -61,6 +61,8 @@ class Manifest(BaseModel):
     build: dict[str, Any] = Field(default_factory=dict)
     validation: dict[str, Any] | None = None
     benchmarks: dict[str, Any] = Field(default_factory=dict)  # device profile -> `edgeqwen bench` report
+    # Expected memory at the recipe's context (edgeqwen.memory.MemoryEstimate.to_dict()).
+    memory: dict[str, Any] | None = None
     notes: list[str] = Field(default_factory=list)
 
     @property

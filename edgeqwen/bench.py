@@ -74,11 +74,20 @@ def run(artifact: Path | str, profile: DeviceProfile, *, memory_cap: int | None 
         under = f" under the {round(cap / 2**20)} MiB address-space cap" if cap else ""
         report.update(fits=False,
                       error=f"the benchmark process failed{under} (exit {proc.returncode}): {tail}")
+    if manifest.memory and report.get("fits"):
+        context = report["runtime_info"]["context_length"]
+        report["expected_peak_mb"] = expected_peak_mb(manifest.memory, context)
     report["wall_s"] = round(time.perf_counter() - started, 1)
     if record:
         manifest.benchmarks = {**manifest.benchmarks, profile.name: report}
         manifest.write(artifact)
     return report
+
+
+def expected_peak_mb(memory: dict[str, Any], context_length: int) -> float:
+    """The manifest's memory statement at the context the benchmark ran with."""
+    kv = memory["kv_cache_bytes"] * context_length / memory["context_length"]
+    return round((memory["weights_bytes"] + kv + memory["overhead_bytes"]) / 2**20, 1)
 
 
 def _worker(settings: BenchSettings) -> dict[str, Any]:

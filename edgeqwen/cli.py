@@ -88,15 +88,20 @@ def fit(
         help="Tokens of context to budget the KV cache for (default 4096, or the device's).")] = None,
     reserve: Annotated[Optional[float], typer.Option(  # noqa: UP045
         help="Share of RAM left to the OS and other apps, 0-0.9 (default 0.25, or the device's).")] = None,
+    recipe: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Size every catalog model as this recipe builds it (a shipped name such as "
+        "mobile-gguf-q4_0, or a .yaml): its precision, context, KV cache type and runtime.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Suggest the model and precision that fit a memory budget, showing the arithmetic.
 
     Memory = weights (params x bits/8) + KV cache (context x KV bytes/token) + runtime
-    overhead, and it must stay within RAM x (1 - reserve).
+    overhead, and it must stay within RAM x (1 - reserve). Context: --context, else the
+    device's, else the recipe's, else 4096.
     """
     from edgeqwen import fit as fitting
     from edgeqwen.catalog import TASKS
+    from edgeqwen.recipes import load_recipe
     from edgeqwen.units import human, parse_size
 
     if (ram is None) == (device is None):
@@ -108,7 +113,9 @@ def fit(
             raise EdgeQwenError(f"unknown device {device!r}", hint=f"devices: {', '.join(fitting.DEVICES)}")
         ram = f"{preset.ram}"
     assert ram is not None
-    context = context if context is not None else preset.context if preset else 4096
+    chosen = load_recipe(recipe) if recipe else None
+    if context is None:
+        context = preset.context if preset else chosen.context_length if chosen else 4096
     reserve = reserve if reserve is not None else preset.reserve if preset else 0.25
     if task is not None and task not in TASKS:
         raise EdgeQwenError(f"unknown task {task!r}", hint=f"use one of: {', '.join(TASKS)}")
@@ -116,18 +123,21 @@ def fit(
         raise EdgeQwenError("--reserve must be between 0 and 0.9")
     if context < 1:
         raise EdgeQwenError("--context must be positive")
-    rows, best = fitting.plan(parse_size(ram), context=context, task=task, reserve=reserve)
+    rows, best = fitting.plan(parse_size(ram), context=context, task=task, reserve=reserve, recipe=chosen)
     if as_json:
         _print_json({"ram_bytes": parse_size(ram), "context": context, "reserve": reserve,
                      "task": task, "device": preset.name if preset else None,
+                     "recipe": chosen.name if chosen else None,
                      "bench_profile": preset.profile if preset else None,
                      "recommended": best.to_dict() if best else None,
                      "rows": [r.to_dict() for r in rows]})
         return
     budget = rows[0].budget
     what = f"{preset.name} ({preset.description}, {human(preset.ram)})" if preset else ram
+    how = f", {chosen.name} ({chosen.precision}, {rows[0].memory.kv_cache_type} KV cache, " \
+          f"{rows[0].memory.runtime})" if chosen else ""
     table = Table(title=f"memory budget {human(budget)} = {what} x (1 - {reserve:g}), "
-                        f"context {context:,} tokens")
+                        f"context {context:,} tokens{how}")
     for col in ("model", "precision", "weights", "KV cache", "overhead", "total", "fits"):
         table.add_column(col, justify="left" if col in ("model", "precision") else "right")
     for r in rows:
@@ -142,7 +152,7 @@ def fit(
         f"Recommended: [bold]{best.model.id}[/bold] at [bold]{best.precision}[/bold]: "
         f"{human(best.weights)} weights ({best.model.params / 1e9:.2f}B params) + "
         f"{human(best.kv_cache)} KV cache ({min(context, best.model.context_length):,} tokens x "
-        f"{best.model.kv_bytes_per_token:,} B) + {human(best.overhead)} runtime "
+        f"{best.kv_cache // min(context, best.model.context_length):,} B) + {human(best.overhead)} runtime "
         f"= {human(best.total)} <= {human(budget)}."
     )
     if preset:
@@ -301,7 +311,8 @@ def bench(
         table.add_column("measure")
         table.add_column("value", justify="right")
         for key in ("threads", "memory_cap_mb", "context_length", "size_mb", "load_s", "ttft_s",
-                    "prefill_tok_s", "prefill_long_tok_s", "decode_tok_s", "peak_rss_mb", "os_threads"):
+                    "prefill_tok_s", "prefill_long_tok_s", "decode_tok_s", "peak_rss_mb", "expected_peak_mb",
+                    "os_threads"):
             if key in report:
                 table.add_row(key, "-" if report[key] is None else str(report[key]))
         out.print(table)
@@ -357,8 +368,9 @@ def inspect(
     artifact: ArtifactArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
-    """Show an artifact's manifest: recipe, source, tools, files and validation results."""
+    """Show an artifact's manifest: recipe, source, tools, files, expected memory and validation."""
     from edgeqwen.artifacts import load_manifest
+    from edgeqwen.units import human
 
     manifest = load_manifest(artifact)
     if as_json:
@@ -380,6 +392,12 @@ def inspect(
     for f in manifest.files:
         table.add_row(f.path, f"{f.bytes:,}", f.sha256[:16] + "…")
     out.print(table)
+    if manifest.memory:
+        m = manifest.memory
+        out.print(f"expected memory at {m['context_length']:,} tokens: {human(m['total_bytes'])} = "
+                  f"model files {human(m['weights_bytes'])}"
+                  f"{' (memory-mapped)' if m.get('mmap') else ''} + KV cache {human(m['kv_cache_bytes'])} "
+                  f"({m['kv_cache_type']}) + {m['runtime']} runtime {human(m['overhead_bytes'])}")
     for note in manifest.notes:
         out.print(f"[yellow]note:[/yellow] {note}")
     if manifest.validation:
@@ -595,8 +613,18 @@ def main(argv: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
+# Warnings that reach users of every command without being theirs to act on: torchao (pulled
+# in by transformers and ExecuTorch) failing to load its CUDA-only kernels on a CPU machine,
+# and torch deprecating a registration torchao still makes.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def run() -> None:
     """Console-script entry point."""
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     sys.exit(main())
 
 

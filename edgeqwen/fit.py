@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgeqwen.catalog import CATALOG, TASKS, ModelSpec
+from edgeqwen.memory import MemoryEstimate, estimate
+from edgeqwen.recipes import Recipe
 from edgeqwen.units import GiB
 
-# Runtime libraries, tokenizer, scratch buffers and the logits of one step, measured as the
-# RSS of onnxruntime-genai / llama.cpp processes serving a 0.5B model minus weights and KV.
-RUNTIME_OVERHEAD_BYTES = 400 * 2**20
 PRECISIONS = ("fp16", "int8", "int4")  # best first
 
 
@@ -45,14 +44,24 @@ DEVICES: dict[str, Device] = {d.name: d for d in (
 class FitRow:
     model: ModelSpec
     precision: str
-    weights: int
-    kv_cache: int
-    overhead: int
+    memory: MemoryEstimate
     budget: int
 
     @property
+    def weights(self) -> int:
+        return self.memory.weights_bytes
+
+    @property
+    def kv_cache(self) -> int:
+        return self.memory.kv_cache_bytes
+
+    @property
+    def overhead(self) -> int:
+        return self.memory.overhead_bytes
+
+    @property
     def total(self) -> int:
-        return self.weights + self.kv_cache + self.overhead
+        return self.memory.total_bytes
 
     @property
     def fits(self) -> bool:
@@ -61,31 +70,39 @@ class FitRow:
     def to_dict(self) -> dict[str, object]:
         return {
             "model": self.model.id, "precision": self.precision, "weights_bytes": self.weights,
-            "kv_cache_bytes": self.kv_cache, "overhead_bytes": self.overhead,
+            "kv_cache_bytes": self.kv_cache, "kv_cache_type": self.memory.kv_cache_type,
+            "overhead_bytes": self.overhead, "runtime": self.memory.runtime,
             "total_bytes": self.total, "budget_bytes": self.budget, "fits": self.fits,
         }
 
 
-def plan(ram: int, *, context: int = 4096, task: str | None = None,
-         reserve: float = 0.25) -> tuple[list[FitRow], FitRow | None]:
+def plan(ram: int, *, context: int = 4096, task: str | None = None, reserve: float = 0.25,
+         recipe: Recipe | None = None) -> tuple[list[FitRow], FitRow | None]:
     """Every (model, precision) for the task with its memory bill, and the recommendation.
 
-    `reserve` is the share of RAM left to the OS and the app. The recommendation is the
-    largest model that fits at any precision, at the best precision that fits: a bigger
-    model in 4 bits usually beats a smaller one in 16.
+    `reserve` is the share of RAM left to the OS and the app. Without a recipe the precisions
+    are the generic fp16/int8/int4 with a runtime-neutral overhead; with one, its precision,
+    KV cache type and runtime. The recommendation is the largest model that fits at any
+    precision, at the best precision that fits: a bigger model in 4 bits usually beats a
+    smaller one in 16.
     """
     if not 0 <= reserve < 1:
         raise ValueError("reserve must be in [0, 1)")
     budget = int(ram * (1 - reserve))
     families = TASKS[task] if task else None
+    from edgeqwen.pipeline import serving
+
+    precisions = (recipe.precision,) if recipe else PRECISIONS
+    runtime, kv_type = serving(recipe) if recipe else ("any", "f16")
     rows = [
-        FitRow(model=m, precision=p, weights=m.weight_bytes(p),
-               kv_cache=m.kv_bytes_per_token * min(context, m.context_length),
-               overhead=RUNTIME_OVERHEAD_BYTES, budget=budget)
+        FitRow(model=m, precision=p, budget=budget,
+               memory=estimate(m, runtime=runtime, context_length=context, precision=p,
+                               kv_cache_type=kv_type))
         for m in CATALOG.values() if families is None or m.family in families
-        for p in PRECISIONS
+        for p in precisions
     ]
     fitting = [r for r in rows if r.fits]
-    best = max(fitting, key=lambda r: (r.model.params, -PRECISIONS.index(r.precision)),
+    best = max(fitting, key=lambda r: (r.model.params, -precisions.index(r.precision)),
                default=None)
     return rows, best
+

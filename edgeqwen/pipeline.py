@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeqwen import __version__, progress, registry, sources
+from edgeqwen import __version__, memory, progress, registry, sources
 from edgeqwen.artifacts import ArtifactWriter, Manifest, list_files, now_utc
 from edgeqwen.engines.base import BuildJob, Engine
 from edgeqwen.errors import RecipeError
@@ -38,6 +38,23 @@ def engine_for(recipe: Recipe) -> Engine:
             f"{engine.name} engine does not build (it builds {', '.join(engine.formats)})"
         )
     return engine
+
+
+def serving(recipe: Recipe) -> tuple[str, str]:
+    """(runtime backend, KV cache type) that will serve what the recipe builds."""
+    engine = engine_for(recipe)
+    return engine.runtime, recipe.runtime.kv_cache_type or engine.kv_cache_type
+
+
+def expected_memory(recipe: Recipe, source: sources.ResolvedSource,
+                    files_bytes: int) -> memory.MemoryEstimate:
+    """What serving the artifact takes at the recipe's context, for the manifest."""
+    runtime, kv_cache_type = serving(recipe)
+    mmap = recipe.runtime.mmap
+    if mmap is None and recipe.format == "gguf":
+        mmap = True  # llama.cpp's default
+    return memory.estimate(source.spec_info(), runtime=runtime, context_length=recipe.context_length,
+                           weights_bytes=files_bytes, kv_cache_type=kv_cache_type, mmap=mmap)
 
 
 def default_out(recipe: Recipe, source: sources.ResolvedSource) -> Path:
@@ -81,6 +98,7 @@ def build(recipe_ref: str | Path | Recipe, model: str | None = None,
             files=files,
             build={"seconds": round(seconds, 2), "peak_rss_mb": peak_rss_mb(),
                    "peak_rss_children_mb": round(children, 1), "steps": list(progress.timings)},
+            memory=expected_memory(recipe, source, sum(f.bytes for f in files)).to_dict(),
             notes=[*source.notes, *result.notes],
         )
         final = writer.commit(manifest)

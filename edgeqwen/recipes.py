@@ -31,8 +31,11 @@ GGUF_PRECISIONS = (
     "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q5_1", "Q4_K_M",
     "Q4_K_S", "Q4_0", "Q4_1", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K", "IQ4_NL", "IQ4_XS",
 )
-PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": ONNX_PRECISIONS, "gguf": GGUF_PRECISIONS}
-DEFAULT_ENGINE: dict[str, str] = {"onnx": "onnxruntime-genai", "gguf": "llama-cpp"}
+# ExecuTorch: 8-bit dynamic activations + 4-bit grouped weights (torchao), or no quantization.
+PTE_PRECISIONS = ("8da4w", "fp32")
+PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": ONNX_PRECISIONS, "gguf": GGUF_PRECISIONS,
+                                          "pte": PTE_PRECISIONS}
+DEFAULT_ENGINE: dict[str, str] = {"onnx": "onnxruntime-genai", "gguf": "llama-cpp", "pte": "executorch"}
 DEVICES = ("cpu", "npu-qnn", "npu-openvino", "mobile")
 PROFILES = ("desktop", "mobile", "tiny", "phone")
 
@@ -54,17 +57,35 @@ class Target(_Strict):
     profile: Literal["desktop", "mobile", "tiny", "phone"] = "desktop"
 
 
+class RuntimeSettings(_Strict):
+    """How the target should run the artifact; recorded in the manifest and applied by the
+    runtime backend when it loads the artifact (explicit arguments and `bench` profiles win).
+    A setting left out is the backend's default."""
+
+    threads: int | None = Field(default=None, ge=1, le=256)
+    # Prompt tokens per forward pass (llama.cpp n_batch = n_ubatch): smaller batches shrink
+    # the compute buffers and slow long prompts a little.
+    batch_size: int | None = Field(default=None, ge=16, le=8192)
+    mmap: bool | None = None  # map the weights from the file instead of reading them in
+    kv_cache_type: Literal["f16", "q8_0"] | None = None  # q8_0 halves the KV cache (llama.cpp)
+
+
+# Settings only the llama.cpp runtime reads.
+GGUF_ONLY_RUNTIME_SETTINGS = ("batch_size", "mmap", "kv_cache_type")
+
+
 class Recipe(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = Field(min_length=1)
-    format: Literal["onnx", "gguf"]
+    format: Literal["onnx", "gguf", "pte"]
     engine: str | None = None
     precision: str
     algorithm: dict[str, Any] = Field(default_factory=dict)
     target: Target = Field(default_factory=Target)
     context_length: int = Field(default=4096, ge=128, le=131072)
     validation: Gates = Field(default_factory=Gates)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     model: str | None = None
 
     @model_validator(mode="before")
@@ -83,6 +104,14 @@ class Recipe(_Strict):
             raise ValueError(f"{precision!r} is not allowed for format {fmt!r}; "
                              f"allowed: {', '.join(PRECISIONS[fmt])}")
         return precision
+
+    @model_validator(mode="after")
+    def _check_runtime_settings(self) -> Recipe:
+        unread = [k for k in GGUF_ONLY_RUNTIME_SETTINGS if getattr(self.runtime, k) is not None]
+        if self.format != "gguf" and unread:
+            raise ValueError(f"runtime settings {', '.join(unread)} are read by the llama.cpp runtime "
+                             f"only (format gguf); this {self.format} recipe's artifact would ignore them")
+        return self
 
     @property
     def engine_name(self) -> str:

@@ -139,9 +139,23 @@ class Runtime(ABC):
         return self.generate(self.render_chat(messages, **template_kwargs), options)
 
 
-def default_threads(threads: int | None) -> int:
-    """The thread count a backend uses: the caller's, else every core."""
-    return threads or os.cpu_count() or 1
+def artifact_recipe(path: Path) -> dict[str, Any]:
+    """The recipe an artifact was built with (its manifest.json; {} for a bare model file or
+    folder). Backends read the recipe's `runtime` settings and context from it."""
+    import json
+
+    path = Path(path)
+    manifest = path / "manifest.json" if path.is_dir() else path.parent / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    return json.loads(manifest.read_text(encoding="utf-8")).get("recipe", {})
+
+
+def default_threads(threads: int | None, recipe_threads: int | None = None) -> int:
+    """The thread count a backend uses: the caller's, else the recipe's `runtime.threads`
+    (capped at this machine's cores: it describes the target device), else every core."""
+    cores = os.cpu_count() or 1
+    return threads or (min(recipe_threads, cores) if recipe_threads else cores)
 
 
 def process_memory() -> dict[str, float]:

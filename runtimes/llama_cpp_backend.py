@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgeqwen.errors import ArtifactError
-from runtimes.base import GenerationOptions, Runtime, default_threads, process_memory
+from runtimes.base import GenerationOptions, Runtime, artifact_recipe, default_threads, process_memory
 
 # OpenMP's wait policy matters on small machines (0.5B Q4_K_M, 2 threads, 2 cores, decode
 # tokens/s): quiet machine: default 35, ACTIVE 40, PASSIVE 20; one core busy with another
@@ -21,17 +20,20 @@ from runtimes.base import GenerationOptions, Runtime, default_threads, process_m
 QWEN_ARCHITECTURES = ("qwen2", "qwen3")
 DEFAULT_CONTEXT = 4096  # not the model's 32k/40k: the KV cache is allocated up front
 CONTEXT_STEP = 256
+GGML_KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml_type ids (GGML_TYPE_F16, GGML_TYPE_Q8_0)
 
 
 class LlamaCppRuntime(Runtime):
     name = "llama-cpp"
 
-    def __init__(self, llm: Any, model_file: Path, threads: int, template: str | None) -> None:
+    def __init__(self, llm: Any, model_file: Path, threads: int, template: str | None,
+                 settings: dict[str, Any]) -> None:
         import llama_cpp
 
         self.llm = llm
         self.model_file = model_file
         self.threads = threads
+        self.settings = settings  # llama.cpp context parameters from the recipe
         self.chat_template = template
         self.n_ctx = int(llm.n_ctx())
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -43,9 +45,12 @@ class LlamaCppRuntime(Runtime):
         import llama_cpp
 
         model_file = _model_file(Path(path))
-        threads = default_threads(threads)
-        n_ctx = _padded(context_length or _artifact_context(Path(path)) or DEFAULT_CONTEXT)
-        llm = _open(model_file, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads)
+        recipe = artifact_recipe(Path(path))
+        wanted = recipe.get("runtime") or {}
+        threads = default_threads(threads, wanted.get("threads"))
+        settings = _context_settings(wanted)
+        n_ctx = _padded(context_length or recipe.get("context_length") or DEFAULT_CONTEXT)
+        llm = _open(model_file, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, **settings)
         arch = llm.metadata.get("general.architecture")
         if arch not in QWEN_ARCHITECTURES:
             raise ArtifactError(f"{model_file} holds a {arch!r} model; this backend runs Qwen GGUFs "
@@ -53,11 +58,11 @@ class LlamaCppRuntime(Runtime):
         trained = int(llama_cpp.llama_model_n_ctx_train(llm.model))
         if 0 < trained < n_ctx:  # never beyond what the model was trained for (tiny test models)
             del llm
-            llm = _open(model_file, n_ctx=trained, n_threads=threads, n_threads_batch=threads)
+            llm = _open(model_file, n_ctx=trained, n_threads=threads, n_threads_batch=threads, **settings)
         template_file = model_file.parent / "chat_template.jinja"
         template = (template_file.read_text(encoding="utf-8") if template_file.is_file()
                     else llm.metadata.get("tokenizer.chat_template"))
-        return cls(llm, model_file, threads, template)
+        return cls(llm, model_file, threads, template, settings)
 
     def encode(self, text: str) -> list[int]:
         # special=True: `<|im_start|>` in a rendered chat prompt is one control token, as in HF.
@@ -94,15 +99,18 @@ class LlamaCppRuntime(Runtime):
         needed = _padded(len(token_ids))
         if self._scorer is None or self._scorer.n_ctx() < needed:
             self._scorer = None
+            same = {k: v for k, v in self.settings.items() if k not in ("n_batch", "n_ubatch")}
             self._scorer = _open(self.model_file, n_ctx=needed, n_batch=min(needed, 512),
-                                 n_threads=self.threads, n_threads_batch=self.threads, logits_all=True)
+                                 n_threads=self.threads, n_threads_batch=self.threads, logits_all=True,
+                                 **same)  # the KV cache type changes the logits: score with it
         self._scorer.reset()
         self._scorer.eval(list(token_ids))
         return np.array(self._scorer.scores[: len(token_ids)], dtype=np.float32)
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.name, "device": "cpu", "threads": self.threads, "n_ctx": self.n_ctx,
-                "context_length": self.n_ctx, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+                "context_length": self.n_ctx, **self.settings,
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
                 "path": str(self.model_file), **process_memory()}
 
 
@@ -141,9 +149,15 @@ def _open(model_file: Path, **kwargs: Any) -> Any:
                             "artifact or download the file again") from None
 
 
-def _artifact_context(path: Path) -> int | None:
-    """The context length the artifact's recipe asks for (manifest.json, when there is one)."""
-    manifest = path / "manifest.json" if path.is_dir() else path.parent / "manifest.json"
-    if not manifest.is_file():
-        return None
-    return json.loads(manifest.read_text(encoding="utf-8")).get("recipe", {}).get("context_length")
+def _context_settings(runtime: dict[str, Any]) -> dict[str, Any]:
+    """llama-cpp-python arguments for a recipe's `runtime` section (None: llama.cpp's default)."""
+    settings: dict[str, Any] = {}
+    if runtime.get("batch_size"):
+        settings.update(n_batch=runtime["batch_size"], n_ubatch=runtime["batch_size"])
+    if runtime.get("mmap") is not None:
+        settings["use_mmap"] = bool(runtime["mmap"])
+    if runtime.get("kv_cache_type"):
+        kind = GGML_KV_TYPES[runtime["kv_cache_type"]]
+        # llama.cpp stores a quantized V cache only with flash attention.
+        settings.update(type_k=kind, type_v=kind, flash_attn=runtime["kv_cache_type"] != "f16")
+    return settings

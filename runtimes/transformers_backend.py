@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from runtimes.base import GenerationOptions, Message, Runtime, default_threads, process_memory
+from runtimes.sampling import pick_token
 
 
 class TransformersRuntime(Runtime):
@@ -70,7 +71,7 @@ class TransformersRuntime(Runtime):
             for _ in range(options.max_new_tokens):
                 out = self.model(input_ids=inputs, past_key_values=past, use_cache=True)
                 past = out.past_key_values
-                token = _pick(out.logits[0, -1].float(), options, generator)
+                token = pick_token(out.logits[0, -1].float(), options, generator)
                 if token in self.eos_ids:
                     return
                 yield token
@@ -88,20 +89,3 @@ class TransformersRuntime(Runtime):
                 "context_length": self.model.config.max_position_embeddings, "path": str(self.path),
                 **process_memory()}
 
-
-def _pick(logits: Any, options: GenerationOptions, generator: Any) -> int:
-    import torch
-
-    if options.greedy:
-        return int(torch.argmax(logits))
-    logits = logits / options.temperature
-    if options.top_k:
-        kth = torch.topk(logits, min(options.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if options.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < options.top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        probs = probs / probs.sum()
-    return int(torch.multinomial(probs, 1, generator=generator))

@@ -57,9 +57,10 @@ def _tokenizer(folder: Path, template: str) -> int:
 
 
 def make_tiny_model(folder: Path, model_type: str, seed: int = 0, tied: bool = True,
-                    tokenizer: Path | None = None) -> Path:
-    """A tiny random checkpoint; with `tokenizer` (a folder), Qwen's real tokenizer and vocabulary
-    size instead of the trained 384-token one (llama.cpp's converter accepts only known ones)."""
+                    tokenizer: Path | None = None, head_dim: int = 16) -> Path:
+    """A tiny random checkpoint (4 heads of `head_dim`); with `tokenizer` (a folder), Qwen's real
+    tokenizer and vocabulary size instead of the trained 384-token one (llama.cpp's converter
+    accepts only known ones)."""
     import shutil
 
     import torch
@@ -73,12 +74,12 @@ def make_tiny_model(folder: Path, model_type: str, seed: int = 0, tied: bool = T
             shutil.copy(f, folder / f.name)
         (folder / "chat_template.jinja").write_text(chat_template_for(model_type), encoding="utf-8")
         vocab, pad, eos = QWEN_VOCAB_SIZE, QWEN_ENDOFTEXT, QWEN_IM_END
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    common = dict(vocab_size=vocab, hidden_size=4 * head_dim, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   tie_word_embeddings=tied, rope_theta=1_000_000.0, bos_token_id=pad,
                   eos_token_id=eos, pad_token_id=pad)
     config = (Qwen2Config(**common) if model_type == "qwen2"
-              else Qwen3Config(head_dim=16, **common))
+              else Qwen3Config(head_dim=head_dim, **common))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config = GenerationConfig(bos_token_id=pad, eos_token_id=[eos, pad], pad_token_id=pad)

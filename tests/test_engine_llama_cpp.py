@@ -207,6 +207,55 @@ def test_quantizer_options_reach_the_file(tiny_qwen2_real_vocab, tmp_path) -> No
     assert (options["token_embedding_type"], options["converter_outtype"]) == ("F16", "f32")
 
 
+def test_mobile_recipes_runtime_settings_reach_llama_cpp(request, built, art_root) -> None:
+    import os
+
+    q4_0 = get_artifact(request, built, art_root, "mobile-gguf-q4_0", "qwen2")
+    rt = LlamaCppRuntime.load(q4_0)
+    params = rt.llm.context_params
+    assert (params.n_batch, params.n_ubatch, params.type_k, params.type_v) == (128, 128, 1, 1)
+    assert rt.llm.model_params.load_mode == 0  # LLAMA_LOAD_MODE_NONE: Q4_0 is repacked at load anyway
+    assert rt.threads == min(4, os.cpu_count() or 1) and rt.n_ctx == 512  # tiny model: trained 512
+    assert LlamaCppRuntime.load(q4_0, threads=1).threads == 1  # the caller's choice wins
+    k_m = LlamaCppRuntime.load(get_artifact(request, built, art_root, "mobile-gguf-q4_k_m", "qwen2"))
+    assert k_m.llm.model_params.load_mode == 1 and k_m.info()["use_mmap"] is True  # LOAD_MODE_MMAP
+
+    # The manifest states the memory at the recipe's context with the exact file sizes.
+    manifest = load_manifest(q4_0)
+    m = manifest.memory
+    assert m["weights_bytes"] == manifest.size_bytes and m["weights_exact"] is True
+    assert m["context_length"] == 512 and m["kv_cache_type"] == "f16" and m["mmap"] is False
+    assert m["kv_cache_bytes"] == 2 * 2 * 2 * 16 * 512 * 2  # K+V x 2 layers x 2 KV heads x 16 dims
+    assert m["total_bytes"] == m["weights_bytes"] + m["kv_cache_bytes"] + 128 * 2**20
+
+
+def test_quantized_kv_cache_recipe(qwen_tokenizer, tmp_path) -> None:
+    from conftest import make_tiny_model
+
+    # llama.cpp quantizes K/V in blocks of 32 per head: a model with 32-dim heads.
+    source = make_tiny_model(tmp_path / "src", "qwen2", tokenizer=qwen_tokenizer, head_dim=32)
+    recipe = parse_recipe({"name": "q8-kv", "description": "t", "format": "gguf", "precision": "Q8_0",
+                           "runtime": {"kv_cache_type": "q8_0", "batch_size": 64}})
+    art = build(recipe, str(source), tmp_path / "a").path
+    rt = LlamaCppRuntime.load(art, threads=1)
+    params = rt.llm.context_params
+    assert (params.type_k, params.type_v, params.n_batch) == (8, 8, 64)  # GGML_TYPE_Q8_0
+    assert load_manifest(art).memory["kv_cache_bytes"] == 2 * 2 * 2 * 32 * 512 * 34 // 32
+    ref = TransformersRuntime.load(source, threads=1)
+    ids = ref.encode(TEXT)
+    ref_logits, logits = ref.logits(ids), rt.logits(ids)  # scored with the quantized cache too
+    plain = build(parse_recipe({**recipe.model_dump(), "name": "q8", "runtime": {}}), str(source),
+                  tmp_path / "b").path
+    plain_logits = LlamaCppRuntime.load(plain, threads=1).logits(ids)
+    assert not np.array_equal(logits, plain_logits)  # the cache type is really applied
+    assert mean_kl(ref_logits, logits) < 2e-3 and mean_kl(ref_logits, plain_logits) < 1e-3
+
+    with pytest.raises(RecipeError, match="heads have 16"):  # the default tiny model's heads
+        build(recipe, str(make_tiny_model(tmp_path / "src16", "qwen2", tokenizer=qwen_tokenizer)),
+              tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
 def test_converter_rejects_a_tokenizer_llama_cpp_does_not_know(tiny_qwen2, tmp_path) -> None:
     # tiny_qwen2 carries a freshly trained 384-token BPE: llama.cpp refuses to guess its pre-tokenizer.
     with pytest.raises(EngineError, match="does not recognise the tokenizer") as err:

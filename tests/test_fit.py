@@ -1,6 +1,6 @@
 import pytest
 
-from edgeqwen import fit
+from edgeqwen import fit, memory
 from edgeqwen.catalog import get
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.units import parse_size
@@ -26,7 +26,7 @@ def test_arithmetic_of_a_row() -> None:
     m = get("qwen2.5-coder-0.5b-instruct")
     assert row.weights == m.weight_bytes("int4")
     assert row.kv_cache == 2048 * 12_288
-    assert row.total == row.weights + row.kv_cache + fit.RUNTIME_OVERHEAD_BYTES
+    assert row.total == row.weights + row.kv_cache + memory.DEFAULT_OVERHEAD_BYTES
     assert row.budget == 3 * 2**30  # 25% reserve
 
 

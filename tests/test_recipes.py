@@ -32,12 +32,25 @@ def test_good_recipe_loads_with_defaults(tmp_path: Path) -> None:
     assert r.validation.min_top1 == 0.9 and r.model is None
     gguf = load_recipe(write(tmp_path, {**GOOD, "format": "gguf", "precision": "q4_k_m"}))
     assert gguf.precision == "Q4_K_M" and gguf.engine_name == "llama-cpp"
+    assert gguf.runtime.model_dump() == {"threads": None, "batch_size": None, "mmap": None,
+                                         "kv_cache_type": None}  # the backend's defaults
+    pte = load_recipe(write(tmp_path, {**GOOD, "format": "pte", "precision": "8DA4W", "algorithm": {},
+                                       "runtime": {"threads": 4}}))
+    assert (pte.precision, pte.engine_name, pte.runtime.threads) == ("8da4w", "executorch", 4)
 
 
 @pytest.mark.parametrize(("change", "expected"), [
     ({"precision": "int3"}, r"field 'precision'.*'int3' is not allowed for format 'onnx'.*int4, int8"),
     ({"format": "gguf", "precision": "int4"}, r"'INT4' is not allowed for format 'gguf'.*Q4_K_M"),
-    ({"format": "tflite"}, r"field 'format'.*'tflite' is not allowed.*'onnx' or 'gguf'"),
+    ({"format": "tflite"}, r"field 'format'.*'tflite' is not allowed.*'onnx', 'gguf' or 'pte'"),
+    ({"format": "pte", "precision": "int4"}, r"'int4' is not allowed for format 'pte'.*8da4w, fp32"),
+    ({"runtime": {"mmap": False}}, r"runtime settings mmap are read by the llama.cpp runtime only"),
+    ({"format": "gguf", "precision": "Q4_0", "runtime": {"kv_cache_type": "q4_0"}},
+     r"field 'runtime.kv_cache_type'.*'q4_0' is not allowed"),
+    ({"format": "gguf", "precision": "Q4_0", "runtime": {"batch_size": 8}},
+     r"field 'runtime.batch_size'.*greater than or equal to 16"),
+    ({"runtime": {"threads": 4, "cores": 2}},
+     r"field 'runtime.cores'.*allowed fields here: threads, batch_size"),
     ({"precison": "int4"}, r"field 'precison'.*unknown field; allowed fields here: schema_version, name"),
     ({"validation": {"min_top1": 1.5}}, r"field 'validation.min_top1'.*less than or equal to 1"),
     ({"validation": {"max_kl": 0.1, "max_perplexity": 3}},

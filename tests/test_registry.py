@@ -13,9 +13,11 @@ TESTED_RUNTIMES = {
     "transformers": "tests/test_runtime_transformers.py",
     "onnxruntime-genai": "tests/test_engine_onnx_genai.py",
     "llama-cpp": "tests/test_engine_llama_cpp.py",
+    "executorch": "tests/test_engine_executorch.py",
 }
 TESTED_ENGINES = {"onnxruntime-genai": "tests/test_engine_onnx_genai.py",
-                  "llama-cpp": "tests/test_engine_llama_cpp.py"}
+                  "llama-cpp": "tests/test_engine_llama_cpp.py",
+                  "executorch": "tests/test_engine_executorch.py"}
 
 
 def test_every_shipped_runtime_is_tested_and_implements_the_interface() -> None:

@@ -41,6 +41,7 @@ class Engine(ABC):
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]
     runtime: ClassVar[str]  # the runtime backend that loads what this engine builds
+    kv_cache_type: ClassVar[str] = "f16"  # how that runtime stores the KV cache (edgeqwen.memory)
     options_model: ClassVar[type[EngineOptions]] = EngineOptions
     packages: ClassVar[tuple[str, ...]] = ()  # distributions whose versions go in the manifest
 

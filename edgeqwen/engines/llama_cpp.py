@@ -63,7 +63,12 @@ class LlamaCppEngine(Engine):
         tools.installed_version()
         if recipe.precision not in tools.FLOAT_TYPES:
             tools.file_type(recipe.precision)
-        fp16 = source.spec_info().weight_bytes("fp16")
+        spec = source.spec_info()
+        if recipe.runtime.kv_cache_type == "q8_0" and spec.head_size % 32:
+            raise RecipeError(f"runtime.kv_cache_type q8_0: llama.cpp quantizes the KV cache in blocks "
+                              f"of 32 values per head, and this model's heads have {spec.head_size}",
+                              hint="use kv_cache_type f16 for this model")
+        fp16 = spec.weight_bytes("fp16")
         require_memory(int(fp16 * CONVERTER_MEMORY_FACTOR),
                        f"llama.cpp's converter (it peaks at about {CONVERTER_MEMORY_FACTOR:g}x the "
                        f"fp16 model, {human(fp16)})")

@@ -68,6 +68,7 @@ class OnnxGenAIEngine(Engine):
     name = "onnxruntime-genai"
     formats = ("onnx",)
     runtime = "onnxruntime-genai"
+    kv_cache_type = "f32"  # CPU exports keep inputs/outputs and the KV cache in fp32
     options_model = OnnxGenAIOptions
     packages = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir")
 

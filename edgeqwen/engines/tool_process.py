@@ -28,13 +28,13 @@ class ToolFailed(EngineError):
 
 
 def run_tool(cmd: list[str], log: Path, *, tool: str, hint: str,
-             env: dict[str, str] | None = None) -> None:
-    """Run `cmd` (with `env` as its whole environment, if given), writing everything it
-    prints to `log`; raise ToolFailed on a non-zero exit."""
+             env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    """Run `cmd` (with `env` as its whole environment and `cwd` as its folder, if given),
+    writing everything it prints to `log`; raise ToolFailed on a non-zero exit."""
     tail: deque[str] = deque(maxlen=25)
     with log.open("w", encoding="utf-8") as fh:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", env=env)
+                                errors="replace", env=env, cwd=cwd)
         assert proc.stdout is not None
         for line in proc.stdout:
             fh.write(line)
