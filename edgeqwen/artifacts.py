@@ -63,6 +63,7 @@ class Manifest(BaseModel):
     benchmarks: dict[str, Any] = Field(default_factory=dict)  # device profile -> `edgeqwen bench` report
     # Expected memory at the recipe's context (edgeqwen.memory.MemoryEstimate.to_dict()).
     memory: dict[str, Any] | None = None
+    matrix_key: str | None = None  # set by `edgeqwen matrix`: the cell's content key (cache)
     notes: list[str] = Field(default_factory=list)
 
     @property

@@ -576,6 +576,52 @@ def export_foundry(
 
 
 @app.command()
+def matrix(
+    plan: Annotated[Path, typer.Argument(help="The plan: a YAML file listing models and recipes.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Where cells, results.json and the report go.")],
+    jobs: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        min=1, help="Cells at once on this machine (default: its cores, fewer when the builds' "
+        "memory would not fit side by side).")] = None,
+    ray: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--ray", help="Run each cell as a Ray task on this cluster address (`auto`, "
+        "`ray://host:10001`), or `local` for a one-machine cluster; --out must be shared.")] = None,
+) -> None:
+    """Build, validate and benchmark every model x recipe of a plan, then write one combined
+    report. Cells whose source, recipe and tool versions are unchanged are not rebuilt, so a
+    second run resumes; a failed cell is reported and the others go on (exit 1 at the end)."""
+    from edgeqwen import matrix as matrix_mod
+
+    chosen = matrix_mod.load_plan(plan)
+
+    def show(r: matrix_mod.CellResult) -> None:
+        style = {"built": "green", "cached": "cyan", "failed": "red"}[r.status]
+        why = f": {r.error.splitlines()[0]}" if r.error else ""
+        err.print(f"[{style}]{r.status}[/{style}] {r.name}{why}", highlight=False)
+
+    results = matrix_mod.run(chosen, plan.resolve().parent, out_dir, jobs=jobs, ray_address=ray,
+                             on_result=show)
+    table = Table(title=f"matrix {chosen.name}: {len(results)} cells")
+    for col in ("cell", "status", "size", "ppl Δ %", "KL", *(f"decode {p}" for p in chosen.profiles)):
+        table.add_column(col)
+    for r in results:
+        m = r.metrics
+        table.add_row(r.name, r.status, f"{m['size_bytes'] / 2**20:.0f} MiB" if m else "-",
+                      f"{m['ppl_increase_pct']:+.2f}" if m.get("ppl_increase_pct") is not None else "-",
+                      f"{m['kl']:.4f}" if m.get("kl") is not None else "-",
+                      *(str((m.get("bench", {}).get(p) or {}).get("decode_tok_s", "-"))
+                        for p in chosen.profiles))
+    out.print(table)
+    for profile, name in matrix_mod.recommendations(results, chosen.profiles).items():
+        out.print(f"recommended for {profile}: {name or 'none fits'}")
+    out.print(f"report: {out_dir / 'report.html'}, {out_dir / 'report.md'}; "
+              f"data: {out_dir / matrix_mod.RESULTS}")
+    failed = [r.name for r in results if r.status == "failed"]
+    if failed:
+        raise EdgeQwenError(f"{len(failed)} of {len(results)} cells failed: {', '.join(failed)}",
+                            hint=f"see {out_dir / matrix_mod.RESULTS}; re-running resumes and retries them")
+
+
+@app.command()
 def plugins() -> None:
     """List the installed build engines and runtime backends (entry points)."""
     from edgeqwen import registry
@@ -613,18 +659,11 @@ def main(argv: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
-# Warnings that reach users of every command without being theirs to act on: torchao (pulled
-# in by transformers and ExecuTorch) failing to load its CUDA-only kernels on a CPU machine,
-# and torch deprecating a registration torchao still makes.
-QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
-
-
 def run() -> None:
     """Console-script entry point."""
-    import logging
+    from edgeqwen.progress import quiet_library_warnings
 
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_library_warnings()
     sys.exit(main())
 
 

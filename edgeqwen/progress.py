@@ -55,3 +55,17 @@ def step(description: str) -> Iterator[None]:
         entry["tool_peak_rss_mb"] = max(_tool_peaks)
     timings.append(entry)
     console.print(f"[green]✓[/green] {description} [dim]({seconds:.0f} s)[/dim]")
+
+
+# Warnings that reach users of every command without being theirs to act on: torchao (pulled
+# in by transformers and ExecuTorch) failing to load its CUDA-only kernels on a CPU machine,
+# and torch deprecating a registration torchao still makes.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_library_warnings() -> None:
+    """Silence QUIET_LOGGERS below errors (the CLI and `edgeqwen matrix` workers call it)."""
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -48,7 +48,8 @@ def test_mobile_executorch_builds_validates_and_answers(root) -> None:
     assert manifest.engine["options"]["quantization"]["qmode"] == "8da4w"
     assert manifest.memory["kv_cache_type"] == "f32" and manifest.memory["context_length"] == 2048
     report, gates = validate_artifact(art, threads=2, max_tokens=256)
-    # Measured on all texts: +15.2% perplexity, KL 0.159, top-1 76.5% (like GGUF Q4_0).
+    # Measured on all texts: +15.2% perplexity, KL 0.159, top-1 76.5% (like GGUF Q4_0); on the
+    # first 256 tokens of each, top-1 73.6% (the recipe's gate is 70%).
     assert all(g.passed for g in gates), [g for g in gates if not g.passed]
     assert report.overall.ppl_increase_pct < 25 and report.overall.kl < 0.2
 

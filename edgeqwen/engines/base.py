@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from edgeqwen.catalog import ModelSpec
 from edgeqwen.errors import RecipeError
 from edgeqwen.recipes import Recipe
 from edgeqwen.sources import ResolvedSource
@@ -58,6 +59,11 @@ class Engine(ABC):
 
     def tool_versions(self) -> dict[str, str]:
         return package_versions(self.packages)
+
+    def build_memory(self, spec: ModelSpec, recipe: Recipe, options: EngineOptions) -> int:
+        """Peak memory the build of `spec` takes (bytes, measured factors); preflight refuses
+        to start without it and `edgeqwen matrix` sizes its parallel workers by it."""
+        return 0
 
     def preflight(self, source: ResolvedSource, recipe: Recipe,  # noqa: B027
                   options: EngineOptions) -> None:

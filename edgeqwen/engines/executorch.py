@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
+from edgeqwen.catalog import ModelSpec
 from edgeqwen.checkpoint import TOKENIZER_FILES, read_config
 from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult
 from edgeqwen.engines.tool_process import run_tool
@@ -97,10 +98,12 @@ class ExecuTorchEngine(Engine):
                     raise RecipeError(f"{source.display_name}: {what} {width} is not a multiple of "
                                       f"algorithm.group_size {options.group_size}",
                                       hint="pick a group size that divides it (32 divides every Qwen)")
-        fp32 = spec.weight_bytes("fp32")
-        require_memory(int(fp32 * EXPORT_MEMORY_FACTOR),
+        require_memory(self.build_memory(spec, recipe, options),
                        f"the ExecuTorch export (it peaks at about {EXPORT_MEMORY_FACTOR:g}x the "
-                       f"fp32 model, {human(fp32)})")
+                       f"fp32 model, {human(spec.weight_bytes('fp32'))})")
+
+    def build_memory(self, spec: ModelSpec, recipe: Recipe, options: EngineOptions) -> int:
+        return int(spec.weight_bytes("fp32") * EXPORT_MEMORY_FACTOR)
 
     def build(self, job: BuildJob) -> EngineResult:
         options: ExecuTorchOptions = job.options  # type: ignore[assignment]

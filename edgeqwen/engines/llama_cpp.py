@@ -12,6 +12,7 @@ import shutil
 from typing import Literal
 
 from edgeqwen import llama_cpp_tools as tools
+from edgeqwen.catalog import ModelSpec
 from edgeqwen.checkpoint import chat_template
 from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult
 from edgeqwen.errors import EngineError, RecipeError
@@ -68,10 +69,12 @@ class LlamaCppEngine(Engine):
             raise RecipeError(f"runtime.kv_cache_type q8_0: llama.cpp quantizes the KV cache in blocks "
                               f"of 32 values per head, and this model's heads have {spec.head_size}",
                               hint="use kv_cache_type f16 for this model")
-        fp16 = spec.weight_bytes("fp16")
-        require_memory(int(fp16 * CONVERTER_MEMORY_FACTOR),
+        require_memory(self.build_memory(spec, recipe, options),
                        f"llama.cpp's converter (it peaks at about {CONVERTER_MEMORY_FACTOR:g}x the "
-                       f"fp16 model, {human(fp16)})")
+                       f"fp16 model, {human(spec.weight_bytes('fp16'))})")
+
+    def build_memory(self, spec: ModelSpec, recipe: Recipe, options: EngineOptions) -> int:
+        return int(spec.weight_bytes("fp16") * CONVERTER_MEMORY_FACTOR)
 
     def build(self, job: BuildJob) -> EngineResult:
         options: LlamaCppOptions = job.options  # type: ignore[assignment]

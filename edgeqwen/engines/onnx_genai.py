@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from edgeqwen.catalog import ModelSpec
 from edgeqwen.checkpoint import chat_template
 from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult
 from edgeqwen.engines.tool_process import run_tool
@@ -85,11 +86,16 @@ class OnnxGenAIEngine(Engine):
             raise EngineError("the ONNX engine needs onnxruntime-genai, which is not installed",
                               hint=INSTALL_HINT)
         assert isinstance(options, OnnxGenAIOptions)
-        key = options.algo_config if recipe.precision in QUANTIZED else recipe.precision
-        fp16 = source.spec_info().weight_bytes("fp16")
-        require_memory(int(fp16 * PEAK_MEMORY_FACTOR[key]),
+        key = _memory_key(recipe, options)
+        spec = source.spec_info()
+        require_memory(self.build_memory(spec, recipe, options),
                        f"the ONNX Runtime GenAI builder ({recipe.precision}, {key}; it peaks at "
-                       f"about {PEAK_MEMORY_FACTOR[key]:g}x the fp16 model, {human(fp16)})")
+                       f"about {PEAK_MEMORY_FACTOR[key]:g}x the fp16 model, "
+                       f"{human(spec.weight_bytes('fp16'))})")
+
+    def build_memory(self, spec: ModelSpec, recipe: Recipe, options: EngineOptions) -> int:
+        assert isinstance(options, OnnxGenAIOptions)
+        return int(spec.weight_bytes("fp16") * PEAK_MEMORY_FACTOR[_memory_key(recipe, options)])
 
     def build(self, job: BuildJob) -> EngineResult:
         options: OnnxGenAIOptions = job.options  # type: ignore[assignment]
@@ -115,6 +121,10 @@ class OnnxGenAIEngine(Engine):
                             "extra_options": extra},
             details=details,
         )
+
+
+def _memory_key(recipe: Recipe, options: OnnxGenAIOptions) -> str:
+    return options.algo_config if recipe.precision in QUANTIZED else recipe.precision
 
 
 def matmul_bits(model_path: Path) -> dict[str, list[str] | int]:
