@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeqwen import __version__
+from edgeqwen.artifacts import Manifest
 from edgeqwen.catalog import ModelSpec
 from edgeqwen.errors import EdgeQwenError, RecipeError
 from edgeqwen.recipes import Recipe, load_recipe, shipped_recipes
@@ -141,21 +142,20 @@ def cell_key(cell: Cell, plan: Plan, source_files: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def cached(artifact: Path, key: str, plan: Plan) -> bool:
-    """The artifact exists with this key and every measurement the plan asks for."""
+def cached(artifact: Path, key: str, plan: Plan) -> Manifest | None:
+    """The artifact's manifest when it carries this key and every measurement the plan asks
+    for, else None (the cell must run)."""
     from edgeqwen.artifacts import load_manifest
 
     if not (artifact / "manifest.json").is_file():
-        return False
+        return None
     try:
         manifest = load_manifest(artifact)
     except EdgeQwenError:
-        return False
-    if manifest.matrix_key != key:
-        return False
-    if plan.validate_cells and not manifest.validation:
-        return False
-    return all(p in manifest.benchmarks for p in plan.profiles)
+        return None
+    complete = (manifest.matrix_key == key and (not plan.validate_cells or manifest.validation)
+                and all(p in manifest.benchmarks for p in plan.profiles))
+    return manifest if complete else None
 
 
 def run_cell(cell: Cell, plan: Plan, key: str, out: Path) -> CellResult:
@@ -182,7 +182,7 @@ def run_cell(cell: Cell, plan: Plan, key: str, out: Path) -> CellResult:
         for profile in plan.profiles:
             bench_mod.run(artifact, get_profile(profile), repeats=plan.bench.repeats,
                           new_tokens=plan.bench.new_tokens)
-        result.metrics = metrics(artifact)
+        result.metrics = metrics(load_manifest(artifact))
     except EdgeQwenError as err:
         result.status, result.error = "failed", err.message
     except Exception as err:  # a cell's crash is its own result; the matrix goes on
@@ -192,11 +192,8 @@ def run_cell(cell: Cell, plan: Plan, key: str, out: Path) -> CellResult:
     return result
 
 
-def metrics(artifact: Path) -> dict[str, Any]:
-    """The numbers a matrix compares, from the artifact's manifest."""
-    from edgeqwen.artifacts import load_manifest
-
-    m = load_manifest(artifact)
+def metrics(m: Manifest) -> dict[str, Any]:
+    """The numbers a matrix compares, from an artifact's manifest."""
     overall = (m.validation or {}).get("overall") or {}
     return {
         "size_bytes": m.size_bytes, "files": {f.path: f.sha256 for f in m.files},
@@ -253,9 +250,10 @@ def run(plan: Plan, base: Path, out: Path, *, jobs: int | None = None, ray_addre
                                             error=err.message)
             continue
         artifact = out / "cells" / cell.name
-        if cached(artifact, key, plan):
+        manifest = cached(artifact, key, plan)
+        if manifest is not None:
             results[cell.name] = CellResult(cell.name, cell.model, cell.recipe.name, key, "cached",
-                                            artifact=str(artifact), metrics=metrics(artifact))
+                                            artifact=str(artifact), metrics=metrics(manifest))
         else:
             todo.append((cell, key, memory))
     for r in results.values():

@@ -40,16 +40,16 @@ def engine_for(recipe: Recipe) -> Engine:
     return engine
 
 
-def serving(recipe: Recipe) -> tuple[str, str]:
+def serving(recipe: Recipe, engine: Engine | None = None) -> tuple[str, str]:
     """(runtime backend, KV cache type) that will serve what the recipe builds."""
-    engine = engine_for(recipe)
+    engine = engine or engine_for(recipe)
     return engine.runtime, recipe.runtime.kv_cache_type or engine.kv_cache_type
 
 
-def expected_memory(recipe: Recipe, source: sources.ResolvedSource,
+def expected_memory(recipe: Recipe, engine: Engine, source: sources.ResolvedSource,
                     files_bytes: int) -> memory.MemoryEstimate:
     """What serving the artifact takes at the recipe's context, for the manifest."""
-    runtime, kv_cache_type = serving(recipe)
+    runtime, kv_cache_type = serving(recipe, engine)
     mmap = recipe.runtime.mmap
     if mmap is None and recipe.format == "gguf":
         mmap = True  # llama.cpp's default
@@ -98,7 +98,7 @@ def build(recipe_ref: str | Path | Recipe, model: str | None = None,
             files=files,
             build={"seconds": round(seconds, 2), "peak_rss_mb": peak_rss_mb(),
                    "peak_rss_children_mb": round(children, 1), "steps": list(progress.timings)},
-            memory=expected_memory(recipe, source, sum(f.bytes for f in files)).to_dict(),
+            memory=expected_memory(recipe, engine, source, sum(f.bytes for f in files)).to_dict(),
             notes=[*source.notes, *result.notes],
         )
         final = writer.commit(manifest)

@@ -151,6 +151,11 @@ def artifact_recipe(path: Path) -> dict[str, Any]:
     return json.loads(manifest.read_text(encoding="utf-8")).get("recipe", {})
 
 
+def runtime_settings(path: Path) -> dict[str, Any]:
+    """The recipe's `runtime:` section for an artifact ({} when it has none)."""
+    return artifact_recipe(path).get("runtime") or {}
+
+
 def default_threads(threads: int | None, recipe_threads: int | None = None) -> int:
     """The thread count a backend uses: the caller's, else the recipe's `runtime.threads`
     (capped at this machine's cores: it describes the target device), else every core."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgeqwen.errors import ArtifactError
-from runtimes.base import GenerationOptions, Runtime, artifact_recipe, default_threads, process_memory
+from runtimes.base import GenerationOptions, Runtime, default_threads, process_memory, runtime_settings
 from runtimes.sampling import pick_token
 
 MODEL_FILE = "model.pte"
@@ -47,7 +47,7 @@ class ExecuTorchRuntime(Runtime):
         folder = model_file.parent
         if not (folder / "tokenizer.json").is_file():
             raise ArtifactError(f"{folder} has no tokenizer.json beside {model_file.name}")
-        threads = default_threads(threads, (artifact_recipe(folder).get("runtime") or {}).get("threads"))
+        threads = default_threads(threads, runtime_settings(folder).get("threads"))
         program = _load_program(model_file, threads)
         threads = _threadpool_size()  # what the program really runs with (see _load_program)
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))

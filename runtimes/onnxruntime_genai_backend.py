@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.base import GenerationOptions, Runtime, artifact_recipe, default_threads, process_memory
+from runtimes.base import GenerationOptions, Runtime, default_threads, process_memory, runtime_settings
 
 
 class OnnxGenAIRuntime(Runtime):
@@ -32,7 +32,7 @@ class OnnxGenAIRuntime(Runtime):
 
         path = Path(path)
         genai_config = json.loads((path / "genai_config.json").read_text(encoding="utf-8"))
-        threads = default_threads(threads, (artifact_recipe(path).get("runtime") or {}).get("threads"))
+        threads = default_threads(threads, runtime_settings(path).get("threads"))
         config = og.Config(str(path))
         # onnxruntime-genai uses one core unless told otherwise.
         config.overlay(json.dumps(

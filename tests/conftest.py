@@ -12,6 +12,7 @@ import subprocess
 import venv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeqwen import paths
@@ -144,6 +145,16 @@ def isolated_home(request: pytest.FixtureRequest, tmp_path: Path,
     monkeypatch.setenv("EDGEQWEN_TOOLS_DIR", str(REAL_TOOLS))
     if request.node.get_closest_marker("slow") is None:
         monkeypatch.setenv("EDGEQWEN_HOME", str(tmp_path / "edgeqwen-home"))
+
+
+def mean_kl(ref: np.ndarray, other: np.ndarray) -> float:
+    """Mean KL(ref || other) over positions, computed here independently of edgeqwen.validation."""
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64) - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    p, q = log_softmax(ref), log_softmax(other)
+    return float((np.exp(p) * (p - q)).sum(-1).mean())
 
 
 def copy_checkpoint(src: Path, dst: Path) -> Path:

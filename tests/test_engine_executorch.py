@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mean_kl
 
 from edgeqwen.artifacts import load_manifest, verify
 from edgeqwen.cli import main
@@ -22,15 +23,6 @@ from runtimes.transformers_backend import TransformersRuntime
 
 TEXT = "def add(a, b):\n    return a + b\nThe quick brown fox jumps over the lazy dog. Hej verden! " * 6
 FP32 = {"name": "pte-fp32", "description": "t", "format": "pte", "precision": "fp32", "context_length": 512}
-
-
-def mean_kl(ref: np.ndarray, other: np.ndarray) -> float:
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64) - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-    p, q = log_softmax(ref), log_softmax(other)
-    return float((np.exp(p) * (p - q)).sum(-1).mean())
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mean_kl
 from gguf import GGUFReader
 
 from edgeqwen import llama_cpp_tools
@@ -45,15 +46,6 @@ CONVERSATIONS = {
         {"role": "tool", "content": "{\"temp_c\": 4}"},
     ],
 }
-
-
-def mean_kl(ref: np.ndarray, other: np.ndarray) -> float:
-    def log_softmax(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64) - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-    p, q = log_softmax(ref), log_softmax(other)
-    return float((np.exp(p) * (p - q)).sum(-1).mean())
 
 
 @pytest.fixture(scope="module")

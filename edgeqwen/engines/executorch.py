@@ -113,8 +113,9 @@ class ExecuTorchEngine(Engine):
         context = min(recipe.context_length, spec.context_length or recipe.context_length)
         require_disk(job.work, spec.weight_bytes("fp32") * 2, "the renamed checkpoint and the .pte")
 
+        model_args = executorch_params(config)
         params = job.work / "params.json"
-        params.write_text(json.dumps(executorch_params(config)), encoding="utf-8")
+        params.write_text(json.dumps(model_args), encoding="utf-8")
         checkpoint = job.work / "checkpoint.pth"
         with step("rename the checkpoint for ExecuTorch's Llama transformer"):
             write_checkpoint(job.source.path, checkpoint)
@@ -139,7 +140,7 @@ class ExecuTorchEngine(Engine):
         passed["base"] = {k: v for k, v in llm_config["base"].items() if k not in ("checkpoint", "params")}
         return EngineResult(options_passed=passed,
                             details={"pte": {"file": MODEL_FILE, "max_context_length": context,
-                                             "params": executorch_params(config)}})
+                                             "params": model_args}})
 
 
 def executorch_params(config: dict[str, Any]) -> dict[str, Any]:
