@@ -1,19 +1,22 @@
 """INT4 ONNX configurations on the offline sample: what each builder lever buys.
 
-    python benchmarks/int4_sweep.py [--out benchmarks/results] [--configs NAME ...] [--rebuild]
-                                    [--threads 2] [--repeats 3]
+    python benchmarks/int4_sweep.py [--model sample|sample-1.5b] [--out benchmarks/results]
+                                    [--configs NAME ...] [--rebuild] [--threads 2] [--repeats 3]
+                                    [--stem NAME]
 
-Each configuration is the shipped `onnx-cpu-int4` recipe with its `algorithm` options
-changed (the ONNX Runtime GenAI model builder's own options: base algorithm, symmetric or
-not, block size, activation precision, int8 for the LM head and for llama.cpp's
-"sensitive" layer set). Every artifact is validated against the fp32 reference on the
+Each configuration is the shipped `onnx-cpu-int4` recipe with its `algorithm` replaced
+(the ONNX Runtime GenAI model builder's own options: base algorithm, symmetric or not,
+block size, activation precision, int8 for the LM head and for llama.cpp's "sensitive"
+layer set; and Olive's GPTQ on the shipped calibration text before the builder, optionally
+with the attention projections kept at 8 bits). Every artifact is validated against the fp32 reference on the
 shipped texts (per language) and benchmarked one after another in this run; `int4-rtn`
 (plain INT4) is the baseline for size and decode speed, as issue #7 asks: the target is
 <= +3% perplexity, mean KL <= 0.03, no text worse than +5%, <= 1.25x the size and decode
 within 10% of plain INT4.
 
-Writes OUT/int4_sweep.{md,html,json} (the suite's tables plus a per-text table) and prints
-them. About 4-5 minutes per k_quant configuration on 2 cores (build ~3 min, ~10 GB RAM).
+Writes OUT/int4_sweep.{md,html,json} (sample) or OUT/int4_sweep_<model>.{md,html,json}
+(the suite's tables plus a per-text table) and prints them. On 2 cores for the 0.5B: ~4-5
+minutes per k_quant configuration (~10 GB RAM), ~10 minutes per GPTQ configuration (~6 GB).
 """
 
 from __future__ import annotations
@@ -35,35 +38,40 @@ from edgeqwen.recipes import load_recipe
 BASELINE = "int4-rtn"
 HEAD8 = {"last_matmul": "int8"}
 MIXED8 = {"last_matmul": "int8", "mixed_layers": "int8"}
-# name -> algorithm options over the shipped onnx-cpu-int4 recipe
+RTN_ASYM = {"algo_config": "rtn", "is_symmetric": False}
+KQUANT = {"algo_config": "k_quant"}
+ATTN8 = ["*.self_attn.*"]  # q/k/v/o projections: 12% of the body's weights, 36% of its INT4 KL
+# name -> the algorithm section of the recipe (block 32 and accuracy level 4 unless stated)
 CONFIGS: dict[str, dict[str, Any]] = {
     "int4-rtn": {"algo_config": "rtn"},
-    "int4-kquant": {},
-    "int4-kquant-asym": {"is_symmetric": False},
-    "int4-kquant-acc1": {"accuracy_level": 1},
-    "int4-kquant-head8": {"matmul_mixed_precision": HEAD8},
-    "int4-kquant-mixed8": {"matmul_mixed_precision": MIXED8},
-    "int4-kquant-b64": {"block_size": 64},
-    "int4-rtn-asym": {"algo_config": "rtn", "is_symmetric": False},
-    "int4-rtn-asym-head8": {"algo_config": "rtn", "is_symmetric": False, "matmul_mixed_precision": HEAD8},
-    "int4-rtn-asym-mixed8": {"algo_config": "rtn", "is_symmetric": False, "matmul_mixed_precision": MIXED8},
-    "int4-rtn-asym-mixed8-b16": {"algo_config": "rtn", "is_symmetric": False, "block_size": 16,
-                                 "matmul_mixed_precision": MIXED8},
+    "int4-kquant": KQUANT,
+    "int4-kquant-asym": {**KQUANT, "is_symmetric": False},
+    "int4-kquant-acc1": {**KQUANT, "accuracy_level": 1},
+    "int4-kquant-head8": {**KQUANT, "matmul_mixed_precision": HEAD8},
+    "int4-kquant-mixed8": {**KQUANT, "matmul_mixed_precision": MIXED8},
+    "int4-kquant-b64": {**KQUANT, "block_size": 64},
+    "int4-rtn-asym": RTN_ASYM,
+    "int4-rtn-asym-head8": {**RTN_ASYM, "matmul_mixed_precision": HEAD8},
+    "int4-rtn-asym-mixed8": {**RTN_ASYM, "matmul_mixed_precision": MIXED8},
+    "int4-rtn-asym-mixed8-b16": {**RTN_ASYM, "block_size": 16, "matmul_mixed_precision": MIXED8},
+    "int4-gptq-asym-head8": {**RTN_ASYM, "matmul_mixed_precision": HEAD8, "gptq": {}},
+    "int4-gptq-asym-attn8-head8": {**RTN_ASYM, "matmul_mixed_precision": HEAD8, "gptq": {"int8": ATTN8}},
+    "int4-gptq-asym-attn8": {**RTN_ASYM, "gptq": {"int8": ATTN8, "lm_head": True}},
 }
 TARGET = {"ppl_increase_pct": 3.0, "kl": 0.03, "per_text_ppl_increase_pct": 5.0, "size_ratio": 1.25,
           "decode_ratio": 0.90}
 
 
-def recipe_for(name: str, options: dict[str, Any]):
+def recipe_for(name: str, algorithm: dict[str, Any]):
     base = load_recipe("onnx-cpu-int4")
-    algorithm = {**base.algorithm, **options}
+    algorithm = {"block_size": 32, "accuracy_level": 4, **algorithm}
     return base.model_copy(update={"name": name, "algorithm": algorithm,
-                                   "description": f"int4 sweep: {json.dumps(options) or 'shipped default'}"})
+                                   "description": f"int4 sweep: {json.dumps(algorithm)}"})
 
 
-def summary(paths: list[Path]) -> tuple[str, dict[str, Any]]:
+def summary(paths: list[Path], prefix: str) -> tuple[str, dict[str, Any]]:
     """Per-text quality and the issue's targets, relative to the plain INT4 baseline."""
-    manifests = {p.name.removeprefix("sample-"): load_manifest(p) for p in paths}
+    manifests = {p.name.removeprefix(f"{prefix}-"): load_manifest(p) for p in paths}
     base = manifests[BASELINE]
     base_size = base.size_bytes
     base_decode = base.benchmarks["desktop"]["decode_tok_s"]
@@ -95,36 +103,40 @@ def summary(paths: list[Path]) -> tuple[str, dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="sample", choices=["sample", "sample-1.5b"])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--stem", help="output file stem (default int4_sweep[_<model>])")
     args = parser.parse_args()
     names = [BASELINE] + [n for n in args.configs if n != BASELINE]
 
-    source = sources.resolve("sample")
+    source = sources.resolve(args.model)
+    default_stem = "int4_sweep" if args.model == "sample" else f"int4_sweep_{args.model.replace('.', '_')}"
+    stem = args.stem or default_stem
     paths = []
     for name in names:
-        art = args.out / "artifacts" / f"sample-{name}"
+        art = args.out / "artifacts" / f"{args.model}-{name}"
         if args.rebuild or not (art / "manifest.json").is_file():
             print(f"== build {name}: {CONFIGS[name]}", flush=True)
-            build(recipe_for(name, CONFIGS[name]), "sample", art, force=True)
+            build(recipe_for(name, CONFIGS[name]), args.model, art, force=True)
         manifest = load_manifest(art)
         if manifest.name != art.name:  # an artifact copied in from the sample suite: tables use the name
             manifest.name = art.name
             manifest.write(art)
         paths.append(art)
 
-    md = measure(paths, source, args.out, "int4_sweep", "edgeqwen INT4 sweep (sample)", f"sample-{BASELINE}",
-                 threads=args.threads, repeats=args.repeats, max_tokens=None)
-    table, data = summary(paths)
-    with open(args.out / "int4_sweep.md", "a", encoding="utf-8") as fh:
+    md = measure(paths, source, args.out, stem, f"edgeqwen INT4 sweep ({args.model})",
+                 f"{args.model}-{BASELINE}", threads=args.threads, repeats=args.repeats, max_tokens=None)
+    table, data = summary(paths, args.model)
+    with open(args.out / f"{stem}.md", "a", encoding="utf-8") as fh:
         fh.write("\n" + table)
-    combined = json.loads((args.out / "int4_sweep.json").read_text(encoding="utf-8"))
+    combined = json.loads((args.out / f"{stem}.json").read_text(encoding="utf-8"))
     combined["summary"] = data
     combined["target"] = TARGET
-    (args.out / "int4_sweep.json").write_text(json.dumps(combined, indent=2) + "\n", encoding="utf-8")
+    (args.out / f"{stem}.json").write_text(json.dumps(combined, indent=2) + "\n", encoding="utf-8")
     print(md + "\n" + table)
     return 0
 

@@ -133,7 +133,9 @@ def measure(paths: list[Path], source: sources.ResolvedSource, out: Path, stem: 
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "
                f"Python {platform.python_version()}, edgeqwen {__version__}, {time.strftime('%Y-%m-%d')}; "
                f"{threads} threads")
-    note = (f"Sample: Qwen2.5-Coder-0.5B-Instruct (reference = fp32 checkpoint dequantized from the official "
+    title_of = {smp.catalog_id: smp.title for smp in sample.SAMPLES.values()}
+    model = title_of.get(source.catalog_id or "", source.spec)
+    note = (f"Sample: {model} (reference = fp32 checkpoint dequantized from the official "
             f"Q4_K_M). Machine: {machine}.")
     out.mkdir(parents=True, exist_ok=True)
     md = f"# {title}\n\n{note}\n\n" + report.markdown(rows, baseline)

@@ -194,6 +194,10 @@ def build(
         "--validate/--no-validate", help="Measure the artifact against its source and apply the "
         "recipe's gates (exit 2 when one fails; the artifact is kept, marked as failed).")] = True,
     threads: Threads = None,
+    calibration: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--calibration", help="Calibration text for recipes that calibrate (GPTQ in onnx-cpu-int4): "
+        "a UTF-8 .txt, or .jsonl with a `text` field per line. Default: the shipped "
+        "edgeqwen/texts/calibration/default.txt (English, code, 28 languages).")] = None,
 ) -> None:
     """Build an artifact from a recipe and a model source, then validate it.
 
@@ -203,7 +207,7 @@ def build(
     """
     from edgeqwen.pipeline import build as run_build
 
-    result = run_build(recipe, model, out_dir, force=force)
+    result = run_build(recipe, model, out_dir, force=force, calibration=calibration)
     out.print(f"[green]built[/green] {result.path} "
               f"({result.manifest.size_bytes / 2**20:,.1f} MiB, "
               f"{result.manifest.build['seconds']:.0f} s)")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeqwen import __version__, memory, progress, registry, sources
+from edgeqwen import calibration as calibration_text
 from edgeqwen.artifacts import ArtifactWriter, Manifest, list_files, now_utc
 from edgeqwen.engines.base import BuildJob, Engine
 from edgeqwen.errors import RecipeError
@@ -63,7 +64,8 @@ def default_out(recipe: Recipe, source: sources.ResolvedSource) -> Path:
 
 
 def build(recipe_ref: str | Path | Recipe, model: str | None = None,
-          out: str | Path | None = None, *, force: bool = False) -> BuildResult:
+          out: str | Path | None = None, *, force: bool = False,
+          calibration: str | Path | None = None) -> BuildResult:
     recipe = recipe_ref if isinstance(recipe_ref, Recipe) else load_recipe(recipe_ref)
     spec = model or recipe.model
     if not spec:
@@ -71,6 +73,12 @@ def build(recipe_ref: str | Path | Recipe, model: str | None = None,
                           hint="pass --model (a catalog id, repo id, folder, .gguf or `sample`)")
     engine = engine_for(recipe)
     options = engine.validate_options(recipe, f"recipe {recipe.name!r}")
+    if calibration is not None:
+        if not engine.calibrates(options):
+            raise RecipeError(f"recipe {recipe.name!r} does not calibrate, so a calibration text "
+                              "has nothing to change",
+                              hint="use a calibrated recipe (onnx-cpu-int4) or drop --calibration")
+        calibration_text.load(calibration)  # a bad file fails now, not after the slow steps
     if out is not None:  # refuse an existing folder before the slow steps, not after
         ArtifactWriter(out, force=force).check_target()
     source = sources.resolve(spec)
@@ -83,7 +91,8 @@ def build(recipe_ref: str | Path | Recipe, model: str | None = None,
     writer = ArtifactWriter(out_path, force=force)
     with writer as staging, tempfile.TemporaryDirectory(prefix="edgeqwen-work-") as work:
         result = engine.build(BuildJob(recipe=recipe, options=options, source=source,
-                                       out=staging, work=Path(work)))
+                                       out=staging, work=Path(work),
+                                       calibration=Path(calibration) if calibration else None))
         files = list_files(staging)
         seconds = time.perf_counter() - started
         tool_peaks = [float(t["tool_peak_rss_mb"]) for t in progress.timings if "tool_peak_rss_mb" in t]

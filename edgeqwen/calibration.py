@@ -1,0 +1,73 @@
+"""Calibration text for data-aware quantization (GPTQ): the shipped file or the user's own.
+
+Nothing is downloaded at build time. The shipped `texts/calibration/default.txt` is written for
+edgeqwen (English prose, Python/SQL/JavaScript code and short paragraphs in 28 languages)
+and shares no passage with the validation texts, so validation does not score the model on
+what it was calibrated with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeqwen.errors import EdgeQwenError
+from edgeqwen.hashing import sha256_file
+
+SHIPPED = Path(__file__).parent / "texts" / "calibration" / "default.txt"
+FILE_HINT = "pass a UTF-8 .txt file, or a .jsonl file with one {\"text\": ...} object per line"
+
+
+class CalibrationError(EdgeQwenError):
+    """A calibration file that is missing, empty, not text, or too short."""
+
+
+@dataclass(frozen=True)
+class CalibrationText:
+    path: Path
+    text: str
+    sha256: str
+    shipped: bool
+
+    def info(self, tokens: int, samples: int, seq_len: int) -> dict:
+        """What the manifest records: enough to rebuild with the same data."""
+        return {"file": "edgeqwen/texts/calibration/default.txt" if self.shipped else str(self.path),
+                "sha256": self.sha256, "chars": len(self.text), "tokens": tokens,
+                "samples": samples, "seq_len": seq_len}
+
+
+def load(path: str | Path | None = None) -> CalibrationText:
+    """The calibration text at `path` (.txt whole, or .jsonl `text` fields joined), else the shipped one."""
+    file = Path(path) if path is not None else SHIPPED
+    if not file.is_file():
+        raise CalibrationError(f"calibration file {file} does not exist", hint=FILE_HINT)
+    try:
+        raw = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CalibrationError(f"calibration file {file} is not UTF-8 text", hint=FILE_HINT) from None
+    text = _jsonl_text(file, raw) if file.suffix == ".jsonl" else raw
+    if not text.strip():
+        raise CalibrationError(f"calibration file {file} holds no text", hint=FILE_HINT)
+    return CalibrationText(path=file, text=text, sha256=sha256_file(file), shipped=path is None)
+
+
+def _jsonl_text(file: Path, raw: str) -> str:
+    texts = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CalibrationError(f"{file}:{number} is not JSON ({err.msg})", hint=FILE_HINT) from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise CalibrationError(f"{file}:{number} has no string field \"text\"", hint=FILE_HINT)
+        texts.append(record["text"])
+    return "\n\n".join(texts)
+
+
+def samples(token_count: int, seq_len: int, max_samples: int | None) -> int:
+    """How many full `seq_len` windows the text gives (the tail shorter than one is dropped)."""
+    n = token_count // seq_len
+    return min(n, max_samples) if max_samples else n

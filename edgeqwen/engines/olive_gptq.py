@@ -1,0 +1,142 @@
+"""GPTQ on CPU through Olive's `Gptq` pass, as a step before the ONNX Runtime GenAI builder.
+
+Olive quantizes the checkpoint layer by layer with Hessians from the calibration text and
+saves it in its own quantized Hugging Face format (`quant_method: olive`), which the builder
+reads and packs into MatMulNBits as is; the builder quantizes only what GPTQ left in float
+(the LM head, unless `lm_head` is set). This is the first half of Olive's published Qwen
+recipes (SelectiveMixedPrecision -> GPTQ -> RTN 8-bit head -> ModelBuilder) minus the
+search, with every input local: the calibration text is a file, the dataset loader is the
+`json` builder of `datasets`, and the hubs are switched off for the child.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeqwen import calibration
+from edgeqwen.calibration import CalibrationError, CalibrationText
+from edgeqwen.engines.tool_process import run_tool
+from edgeqwen.errors import EngineError, RecipeError
+from edgeqwen.progress import step
+
+INSTALL_HINT = 'pip install -c constraints.txt "edgeqwen[onnx]"  (olive-ai and datasets)'
+# Peak RSS of a GPTQ build as a multiple of the fp16 model, measured on the 0.5B sample
+# (0.99 GB at fp16) with 23 x 256 tokens: Olive 5.6 GB (fp32 model, Hessians, calibration
+# activations), then the builder 5.3 GB (it only packs the pre-quantized layers).
+PEAK_MEMORY_FACTOR = 6.0
+
+
+class GptqOptions(BaseModel):
+    """`algorithm.gptq` in a recipe: calibrate the body with GPTQ before the builder runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seq_len: int = Field(256, ge=32, le=4096)  # tokens per calibration sample
+    max_samples: int | None = Field(None, ge=1)  # None: every full window of the text
+    damp_percent: float = Field(0.01, gt=0, lt=1)
+    lm_head: bool = False  # GPTQ for the LM head too (else the builder quantizes it)
+    # Hugging Face module names (fnmatch patterns) GPTQ keeps at 8 bits, e.g. "*.self_attn.*"
+    int8: list[str] = Field(default_factory=list)
+
+
+def count_tokens(checkpoint: Path, text: str) -> int:
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(str(checkpoint))(text, add_special_tokens=False)["input_ids"])
+
+
+def run_gptq(checkpoint: Path, work: Path, text: CalibrationText, options: GptqOptions, *,
+             bits: int, group_size: int, symmetric: bool) -> tuple[Path, dict]:
+    """Quantize `checkpoint` with Olive's Gptq pass; return the quantized checkpoint and what
+    the manifest records about the calibration."""
+    import importlib.util
+
+    for module in ("olive", "datasets"):
+        if importlib.util.find_spec(module) is None:
+            raise EngineError(f"GPTQ needs the `{module}` package, which is not installed", hint=INSTALL_HINT)
+    tokens = count_tokens(checkpoint, text.text)
+    n = calibration.samples(tokens, options.seq_len, options.max_samples)
+    if n == 0:
+        raise CalibrationError(
+            f"the calibration text has {tokens} tokens, fewer than one GPTQ sample of "
+            f"{options.seq_len} (algorithm.gptq.seq_len)",
+            hint="pass a longer --calibration file (a few thousand tokens is typical)")
+    int8 = int8_modules(checkpoint, options.int8)
+    data = work / "calibration.jsonl"
+    data.write_text(json.dumps({"text": text.text}, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = work / "gptq"
+    config = {
+        "input_model": {"type": "HfModel", "model_path": str(checkpoint), "task": "text-generation"},
+        "systems": {"local": {"type": "LocalSystem", "accelerators": [
+            {"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}},
+        "data_configs": [{
+            "name": "calibration", "type": "HuggingfaceContainer",
+            "load_dataset_config": {"data_name": "json", "data_files": str(data), "split": "train"},
+            "pre_process_data_config": {"strategy": "join", "max_seq_len": options.seq_len,
+                                        "max_samples": n, "add_special_tokens": False},
+        }],
+        "passes": {"gptq": {"type": "Gptq", "bits": bits, "group_size": group_size, "sym": symmetric,
+                            "lm_head": options.lm_head, "damp_percent": options.damp_percent,
+                            "overrides": {m: {"bits": 8} for m in int8} or None,
+                            "data_config": "calibration"}},
+        "engine": {"target": "local", "output_dir": str(out), "cache_dir": str(work / "olive-cache"),
+                   "log_severity_level": 1},
+    }
+    config_path = work / "olive-gptq.json"
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "HF_DATASETS_CACHE": str(work / "datasets-cache")}
+    with step(f"Olive GPTQ: {n} x {options.seq_len} calibration tokens, int{bits} block {group_size}"):
+        run_tool([sys.executable, "-m", "olive", "run", "--config", str(config_path)], work / "olive.log",
+                 tool="Olive's GPTQ pass", env=env,
+                 hint="check the calibration text and the recipe's algorithm.gptq options")
+    model = _output_model(out)
+    return model, {"algorithm": "gptq", "engine": "olive Gptq pass", **options.model_dump(),
+                   "int8_modules": int8, "calibration": text.info(tokens, n, options.seq_len)}
+
+
+def linear_modules(checkpoint: Path) -> list[str]:
+    """Names of the checkpoint's 2-D weights inside the decoder layers (what GPTQ quantizes)."""
+    from safetensors import safe_open
+
+    names = []
+    for file in sorted(checkpoint.glob("*.safetensors")):
+        with safe_open(str(file), framework="numpy") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if ".layers." in key and key.endswith(".weight") and len(fh.get_slice(key).get_shape()) == 2:
+                    names.append(key.removesuffix(".weight"))
+    return sorted(names)
+
+
+def int8_modules(checkpoint: Path, patterns: list[str]) -> list[str]:
+    """The modules `patterns` select; a pattern that selects nothing is a recipe error."""
+    from fnmatch import fnmatchcase
+
+    if not patterns:
+        return []
+    modules = linear_modules(checkpoint)
+    chosen = []
+    for pattern in patterns:
+        hits = [m for m in modules if fnmatchcase(m, pattern)]
+        if not hits:
+            raise RecipeError(f"algorithm.gptq.int8 pattern {pattern!r} matches no layer of the model",
+                              hint=f"module names look like {modules[0]!r}" if modules else None)
+        chosen += hits
+    return sorted(set(chosen))
+
+
+def _output_model(out: Path) -> Path:
+    """Olive writes the final model under its output folder; find the checkpoint in it."""
+    configs = sorted(out.rglob("config.json"))
+    for config in configs:
+        quant = json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}
+        if quant.get("quant_method") == "olive":
+            return config.parent
+    raise EngineError(f"Olive finished but left no quantized checkpoint under {out}",
+                      hint="see olive.log in the build's work folder (kept under ~/.cache/edgeqwen/logs "
+                           "when the tool fails)")
