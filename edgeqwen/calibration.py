@@ -67,6 +67,13 @@ def _jsonl_text(file: Path, raw: str) -> str:
     return "\n\n".join(texts)
 
 
+def count_tokens(checkpoint: Path, text: str) -> int:
+    """Tokens of `text` under the checkpoint's own tokenizer (no special tokens added)."""
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(str(checkpoint))(text, add_special_tokens=False)["input_ids"])
+
+
 def samples(token_count: int, seq_len: int, max_samples: int | None) -> int:
     """How many full `seq_len` windows the text gives (the tail shorter than one is dropped)."""
     n = token_count // seq_len

@@ -325,3 +325,55 @@ def test_converter_fetch_errors_name_the_fix(tmp_path, monkeypatch) -> None:
     with pytest.raises(EngineError, match="has no vendor/llama.cpp/convert_hf_to_gguf.py"):
         llama_cpp_tools.converter_script()
     assert [p.name for p in (tmp_path / "tools").iterdir()] == []  # nothing half-extracted
+
+
+def test_imatrix_from_calibration_text(tiny_qwen2_real_vocab, tmp_path, monkeypatch) -> None:
+    """llama.cpp's llama-imatrix on the shipped calibration text, then llama-quantize with it:
+    the matrix changes how the weights are rounded (on a random tiny model it cannot make them
+    measurably better; the sample's numbers are in the README) and the result still tracks."""
+    from edgeqwen import calibration
+
+    base = {"name": "q4", "description": "t", "format": "gguf", "precision": "Q4_0",
+            "algorithm": {"pure": True}}
+    plain = build(parse_recipe(base), str(tiny_qwen2_real_vocab), tmp_path / "plain").path
+    with_matrix = parse_recipe({**base, "algorithm": {"pure": True, "imatrix": {"ctx": 128, "chunks": 12}}})
+    art = build(with_matrix, str(tiny_qwen2_real_vocab), tmp_path / "imatrix").path
+    info = load_manifest(art).engine["imatrix"]
+    assert info["engine"] == "llama-imatrix" and info["ctx"] == 128
+    assert info["calibration"]["samples"] == 12
+    assert info["calibration"]["file"].endswith("calibration/default.txt")
+    tools = llama_cpp_tools.native_tools()
+    marker = json.loads((tools / llama_cpp_tools.MARKER).read_text())
+    assert marker["version"] == llama_cpp_tools.installed_version()
+    assert all((tools / p).is_file() for p in llama_cpp_tools.NATIVE_TOOLS)
+
+    def weights(folder: Path) -> bytes:
+        reader = GGUFReader(folder / "model.gguf")
+        return b"".join(t.data.tobytes() for t in reader.tensors if t.name.startswith("blk.0.ffn"))
+
+    assert weights(art) != weights(plain)  # same types, other roundings
+    ref = TransformersRuntime.load(tiny_qwen2_real_vocab, threads=1)
+    ids = ref.encode(calibration.SHIPPED.read_text(encoding="utf-8"))[:384]
+    want = ref.logits(ids)
+    kl_matrix = mean_kl(want, LlamaCppRuntime.load(art, threads=1).logits(ids))
+    kl_plain = mean_kl(want, LlamaCppRuntime.load(plain, threads=1).logits(ids))
+    assert 0 < kl_matrix < 1.2 * kl_plain, (kl_matrix, kl_plain)
+
+    # A text shorter than one chunk is refused before the slow steps; so is calibration for a
+    # recipe that does not calibrate.
+    short = tmp_path / "short.txt"
+    short.write_text("hello " * 10, encoding="utf-8")
+    with pytest.raises(calibration.CalibrationError, match="fewer than one imatrix chunk"):
+        build(with_matrix, str(tiny_qwen2_real_vocab), tmp_path / "short", calibration=short)
+    with pytest.raises(RecipeError, match="does not calibrate"):
+        build(parse_recipe(base), str(tiny_qwen2_real_vocab), tmp_path / "x", calibration=short)
+    assert not (tmp_path / "short").exists() and not (tmp_path / "x").exists()
+
+
+def test_native_tools_need_a_toolchain(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("EDGEQWEN_TOOLS_DIR", str(tmp_path / "tools"))
+    monkeypatch.setattr(llama_cpp_tools.shutil, "which", lambda name: None if name == "cmake" else "/bin/x")
+    with pytest.raises(EngineError, match="needs `cmake`") as err:
+        llama_cpp_tools.native_tools()
+    assert "apt install g++ cmake" in err.value.hint
+    assert not (tmp_path / "tools").exists() or not any((tmp_path / "tools").iterdir())

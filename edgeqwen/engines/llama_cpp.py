@@ -1,16 +1,22 @@
 """GGUF through llama.cpp: its HF-to-GGUF converter, then its quantizer.
 
 checkpoint --convert_hf_to_gguf.py--> intermediate GGUF (f16 by default) --llama_model_quantize-->
-model.gguf. Float precisions (F32/F16/BF16) are written by the converter directly. Both tools
-come from the installed llama-cpp-python (see `edgeqwen.llama_cpp_tools`), the runtime that
-loads the artifact, so the file and its reader always agree.
+model.gguf. Float precisions (F32/F16/BF16) are written by the converter directly. With
+`algorithm.imatrix`, llama.cpp's `llama-imatrix` first measures which weights matter on the
+calibration text and `llama-quantize --imatrix` uses it. All tools come from the installed
+llama-cpp-python (see `edgeqwen.llama_cpp_tools`), the runtime that loads the artifact, so
+the file and its reader always agree.
 """
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeqwen import calibration
 from edgeqwen import llama_cpp_tools as tools
 from edgeqwen.catalog import ModelSpec
 from edgeqwen.checkpoint import chat_template
@@ -33,12 +39,22 @@ CONVERTER_MEMORY_FACTOR = 1.5
 K_TYPES = frozenset({"Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "F32", "F16", "BF16"})
 
 
+class ImatrixOptions(BaseModel):
+    """`algorithm.imatrix` in a GGUF recipe: an importance matrix from the calibration text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ctx: int = Field(512, ge=32, le=8192)  # tokens per chunk
+    chunks: int | None = Field(None, ge=1)  # None: every full chunk of the text
+
+
 class LlamaCppOptions(EngineOptions):
     intermediate: Literal["f16", "bf16", "f32"] = "f16"  # what the converter writes for the quantizer
     output_tensor_type: GGMLType | None = None  # type of the LM head (output.weight)
     token_embedding_type: GGMLType | None = None
     pure: bool = False  # one type for every tensor, no k-quant mixture
     leave_output_tensor: bool = False  # keep the LM head unquantized
+    imatrix: ImatrixOptions | None = None
 
 
 class LlamaCppEngine(Engine):
@@ -55,6 +71,9 @@ class LlamaCppEngine(Engine):
                               f"{recipe.precision} is written by the converter directly",
                               hint="remove the `algorithm` section")
         return options  # type: ignore[return-value]
+
+    def calibrates(self, options: EngineOptions) -> bool:
+        return isinstance(options, LlamaCppOptions) and options.imatrix is not None
 
     def tool_versions(self) -> dict[str, str]:
         return {**super().tool_versions(), "llama.cpp converter": f"llama-cpp-python sdist "
@@ -82,6 +101,7 @@ class LlamaCppEngine(Engine):
         out = job.out / MODEL_FILE
         spec = job.source.spec_info()
         passed: dict[str, object] = {"precision": precision}
+        details: dict = {}
         if precision in tools.FLOAT_TYPES:
             require_disk(job.out, spec.weight_bytes("fp32") // (2 if precision != "F32" else 1),
                          f"the {precision} GGUF")
@@ -96,13 +116,16 @@ class LlamaCppEngine(Engine):
             tools.convert(job.source.path, intermediate, options.intermediate, job.work / "convert.log",
                           model_name=job.source.display_name)
             threads = default_threads(None)
+            matrix = None
+            if options.imatrix is not None:
+                matrix, details["imatrix"] = _imatrix(job, intermediate, options.imatrix, threads)
             tools.quantize(intermediate, out, precision, job.work / "quantize.log", threads=threads,
                            output_tensor_type=options.output_tensor_type,
                            token_embedding_type=options.token_embedding_type, pure=options.pure,
-                           leave_output_tensor=options.leave_output_tensor)
+                           leave_output_tensor=options.leave_output_tensor, imatrix=matrix)
             intermediate.unlink()
             passed.update(converter_outtype=options.intermediate, quantizer_threads=threads,
-                          **options.model_dump(exclude={"intermediate"}))
+                          **options.model_dump(exclude={"intermediate", "imatrix"}))
 
         info = read_header(out)
         expected = chat_template(job.source.path)
@@ -124,9 +147,28 @@ class LlamaCppEngine(Engine):
             )
         return EngineResult(
             options_passed=passed, notes=notes,
-            details={"gguf": {
+            details={**details, "gguf": {
                 "file": MODEL_FILE, "file_type": info.file_type, "tensor_types": info.tensor_types,
                 "tensor_bytes": info.tensor_bytes, "context_length_trained": info.context_length,
                 "chat_template_matches_source": info.chat_template == expected,
             }},
         )
+
+
+def _imatrix(job: BuildJob, model: Path, options: ImatrixOptions, threads: int) -> tuple[Path, dict]:
+    """Run llama-imatrix over the calibration text; return the matrix and what the manifest keeps."""
+    text = calibration.load(job.calibration)
+    tokens = calibration.count_tokens(job.source.path, text.text)
+    chunks = calibration.samples(tokens, options.ctx, options.chunks)
+    if chunks == 0:
+        raise calibration.CalibrationError(
+            f"the calibration text has {tokens} tokens, fewer than one imatrix chunk of {options.ctx} "
+            "(algorithm.imatrix.ctx)",
+            hint="pass a longer --calibration file (a few thousand tokens is typical)")
+    plain = job.work / "calibration.txt"
+    plain.write_text(text.text, encoding="utf-8")
+    matrix = job.work / "imatrix.gguf"
+    tools.imatrix(model, plain, matrix, job.work / "imatrix.log", threads=threads, ctx=options.ctx,
+                  chunks=chunks)
+    return matrix, {"engine": "llama-imatrix", **options.model_dump(),
+                    "calibration": text.info(tokens, chunks, options.ctx)}

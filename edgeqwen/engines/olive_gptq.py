@@ -44,12 +44,6 @@ class GptqOptions(BaseModel):
     int8: list[str] = Field(default_factory=list)
 
 
-def count_tokens(checkpoint: Path, text: str) -> int:
-    from transformers import AutoTokenizer
-
-    return len(AutoTokenizer.from_pretrained(str(checkpoint))(text, add_special_tokens=False)["input_ids"])
-
-
 def run_gptq(checkpoint: Path, work: Path, text: CalibrationText, options: GptqOptions, *,
              bits: int, group_size: int, symmetric: bool) -> tuple[Path, dict]:
     """Quantize `checkpoint` with Olive's Gptq pass; return the quantized checkpoint and what
@@ -59,7 +53,7 @@ def run_gptq(checkpoint: Path, work: Path, text: CalibrationText, options: GptqO
     for module in ("olive", "datasets"):
         if importlib.util.find_spec(module) is None:
             raise EngineError(f"GPTQ needs the `{module}` package, which is not installed", hint=INSTALL_HINT)
-    tokens = count_tokens(checkpoint, text.text)
+    tokens = calibration.count_tokens(checkpoint, text.text)
     n = calibration.samples(tokens, options.seq_len, options.max_samples)
     if n == 0:
         raise CalibrationError(
