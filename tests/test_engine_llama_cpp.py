@@ -265,7 +265,9 @@ def test_bad_recipes_fail_before_any_work(tiny_qwen2_real_vocab, tmp_path) -> No
         parse_recipe(recipe(precision="Q9_K"))
     cases = [
         (recipe(precision="F16", algorithm={"pure": True}), "quantized types only"),
-        (recipe(precision="Q4_K_M", algorithm={"imatrix": "calib.txt"}), "algorithm.imatrix: Extra inputs"),
+        # imatrix takes its options, not a file (the text comes from --calibration)
+        (recipe(precision="Q4_K_M", algorithm={"imatrix": "calib.txt"}),
+         "algorithm.imatrix: Input should be a valid dict"),
         (recipe(precision="Q4_K_M", algorithm={"output_tensor_type": "Q9"}), "algorithm.output_tensor_type"),
     ]
     for data, message in cases:
