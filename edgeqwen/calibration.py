@@ -78,3 +78,16 @@ def samples(token_count: int, seq_len: int, max_samples: int | None) -> int:
     """How many full `seq_len` windows the text gives (the tail shorter than one is dropped)."""
     n = token_count // seq_len
     return min(n, max_samples) if max_samples else n
+
+
+def windows(text: CalibrationText, checkpoint: Path, seq_len: int, max_samples: int | None, *,
+            what: str, option: str) -> tuple[int, int]:
+    """(tokens, windows) of `text` under the checkpoint's tokenizer; refuses a text shorter than
+    one window, naming the recipe option (`option`) that sets its length."""
+    tokens = count_tokens(checkpoint, text.text)
+    n = samples(tokens, seq_len, max_samples)
+    if n == 0:
+        raise CalibrationError(
+            f"the calibration text has {tokens} tokens, fewer than one {what} of {seq_len} ({option})",
+            hint="pass a longer --calibration file (a few thousand tokens is typical)")
+    return tokens, n

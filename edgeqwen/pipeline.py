@@ -73,12 +73,12 @@ def build(recipe_ref: str | Path | Recipe, model: str | None = None,
                           hint="pass --model (a catalog id, repo id, folder, .gguf or `sample`)")
     engine = engine_for(recipe)
     options = engine.validate_options(recipe, f"recipe {recipe.name!r}")
-    if calibration is not None:
-        if not engine.calibrates(options):
-            raise RecipeError(f"recipe {recipe.name!r} does not calibrate, so a calibration text "
-                              "has nothing to change",
-                              hint="use a calibrated recipe (onnx-cpu-int4) or drop --calibration")
-        calibration_text.load(calibration)  # a bad file fails now, not after the slow steps
+    if calibration is not None and not engine.calibrates(options):
+        raise RecipeError(f"recipe {recipe.name!r} does not calibrate, so a calibration text "
+                          "has nothing to change",
+                          hint="use a calibrated recipe (onnx-cpu-int4) or drop --calibration")
+    # Loaded (and a bad file refused) once, here, before the slow steps.
+    text = calibration_text.load(calibration) if engine.calibrates(options) else None
     if out is not None:  # refuse an existing folder before the slow steps, not after
         ArtifactWriter(out, force=force).check_target()
     source = sources.resolve(spec)
@@ -92,7 +92,7 @@ def build(recipe_ref: str | Path | Recipe, model: str | None = None,
     with writer as staging, tempfile.TemporaryDirectory(prefix="edgeqwen-work-") as work:
         result = engine.build(BuildJob(recipe=recipe, options=options, source=source,
                                        out=staging, work=Path(work),
-                                       calibration=Path(calibration) if calibration else None))
+                                       calibration=text))
         files = list_files(staging)
         seconds = time.perf_counter() - started
         tool_peaks = [float(t["tool_peak_rss_mb"]) for t in progress.timings if "tool_peak_rss_mb" in t]

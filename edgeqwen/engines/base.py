@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from edgeqwen.calibration import CalibrationText
 from edgeqwen.catalog import ModelSpec
 from edgeqwen.errors import RecipeError
 from edgeqwen.recipes import Recipe
@@ -29,7 +30,7 @@ class BuildJob:
     source: ResolvedSource
     out: Path  # the staging folder that becomes the artifact
     work: Path  # scratch space, deleted after the build
-    calibration: Path | None = None  # the user's calibration text (None: the shipped one)
+    calibration: CalibrationText | None = None  # set when the options calibrate: shipped or --calibration
 
 
 @dataclass

@@ -157,14 +157,10 @@ class LlamaCppEngine(Engine):
 
 def _imatrix(job: BuildJob, model: Path, options: ImatrixOptions, threads: int) -> tuple[Path, dict]:
     """Run llama-imatrix over the calibration text; return the matrix and what the manifest keeps."""
-    text = calibration.load(job.calibration)
-    tokens = calibration.count_tokens(job.source.path, text.text)
-    chunks = calibration.samples(tokens, options.ctx, options.chunks)
-    if chunks == 0:
-        raise calibration.CalibrationError(
-            f"the calibration text has {tokens} tokens, fewer than one imatrix chunk of {options.ctx} "
-            "(algorithm.imatrix.ctx)",
-            hint="pass a longer --calibration file (a few thousand tokens is typical)")
+    text = job.calibration
+    assert text is not None  # the pipeline loads it for every recipe that calibrates
+    tokens, chunks = calibration.windows(text, job.source.path, options.ctx, options.chunks,
+                                         what="imatrix chunk", option="algorithm.imatrix.ctx")
     plain = job.work / "calibration.txt"
     plain.write_text(text.text, encoding="utf-8")
     matrix = job.work / "imatrix.gguf"

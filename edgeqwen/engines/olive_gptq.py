@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeqwen import calibration
-from edgeqwen.calibration import CalibrationError, CalibrationText
+from edgeqwen.calibration import CalibrationText
 from edgeqwen.engines.tool_process import run_tool
 from edgeqwen.errors import EngineError, RecipeError
 from edgeqwen.progress import step
@@ -48,18 +48,8 @@ def run_gptq(checkpoint: Path, work: Path, text: CalibrationText, options: GptqO
              bits: int, group_size: int, symmetric: bool) -> tuple[Path, dict]:
     """Quantize `checkpoint` with Olive's Gptq pass; return the quantized checkpoint and what
     the manifest records about the calibration."""
-    import importlib.util
-
-    for module in ("olive", "datasets"):
-        if importlib.util.find_spec(module) is None:
-            raise EngineError(f"GPTQ needs the `{module}` package, which is not installed", hint=INSTALL_HINT)
-    tokens = calibration.count_tokens(checkpoint, text.text)
-    n = calibration.samples(tokens, options.seq_len, options.max_samples)
-    if n == 0:
-        raise CalibrationError(
-            f"the calibration text has {tokens} tokens, fewer than one GPTQ sample of "
-            f"{options.seq_len} (algorithm.gptq.seq_len)",
-            hint="pass a longer --calibration file (a few thousand tokens is typical)")
+    tokens, n = calibration.windows(text, checkpoint, options.seq_len, options.max_samples,
+                                    what="GPTQ sample", option="algorithm.gptq.seq_len")
     int8 = int8_modules(checkpoint, options.int8)
     data = work / "calibration.jsonl"
     data.write_text(json.dumps({"text": text.text}, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -92,6 +82,15 @@ def run_gptq(checkpoint: Path, work: Path, text: CalibrationText, options: GptqO
     model = _output_model(out)
     return model, {"algorithm": "gptq", "engine": "olive Gptq pass", **options.model_dump(),
                    "int8_modules": int8, "calibration": text.info(tokens, n, options.seq_len)}
+
+
+def require_packages() -> None:
+    """Olive and `datasets` are needed before any work starts (the preflight calls this)."""
+    import importlib.util
+
+    for module in ("olive", "datasets"):
+        if importlib.util.find_spec(module) is None:
+            raise EngineError(f"GPTQ needs the `{module}` package, which is not installed", hint=INSTALL_HINT)
 
 
 def linear_modules(checkpoint: Path) -> list[str]:

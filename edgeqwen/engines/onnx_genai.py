@@ -17,7 +17,6 @@ from typing import Literal
 
 from pydantic import Field
 
-from edgeqwen import calibration
 from edgeqwen.catalog import ModelSpec
 from edgeqwen.checkpoint import chat_template
 from edgeqwen.engines import olive_gptq
@@ -105,6 +104,8 @@ class OnnxGenAIEngine(Engine):
             raise EngineError("the ONNX engine needs onnxruntime-genai, which is not installed",
                               hint=INSTALL_HINT)
         assert isinstance(options, OnnxGenAIOptions)
+        if options.gptq is not None:
+            olive_gptq.require_packages()
         key = "GPTQ + builder" if options.gptq is not None else _memory_key(recipe, options)
         spec = source.spec_info()
         need = self.build_memory(spec, recipe, options)
@@ -125,8 +126,9 @@ class OnnxGenAIEngine(Engine):
         details: dict = {}
         checkpoint = job.source.path
         if options.gptq is not None:
+            assert job.calibration is not None  # the pipeline loads it for every recipe that calibrates
             checkpoint, details["gptq"] = olive_gptq.run_gptq(
-                job.source.path, job.work, calibration.load(job.calibration), options.gptq,
+                job.source.path, job.work, job.calibration, options.gptq,
                 bits=4 if recipe.precision == "int4" else 8, group_size=options.block_size,
                 symmetric=options.is_symmetric)
         cmd = [sys.executable, "-m", BUILDER_MODULE, "-i", str(checkpoint), "-o", str(job.out),
