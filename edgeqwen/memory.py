@@ -14,7 +14,8 @@ from edgeqwen.catalog import BITS_PER_WEIGHT, ModelSpec
 
 # Bytes per cached K/V value: fp32 (ONNX Runtime GenAI and ExecuTorch CPU exports), fp16
 # (llama.cpp's default), or llama.cpp's Q8_0 (32 int8 values + one fp16 scale).
-KV_CACHE_BYTES_PER_VALUE: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}
+# OpenVINO's CPU plugin: u8 values with a per-token scale and zero point (about 1 byte).
+KV_CACHE_BYTES_PER_VALUE: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "u8": 1.0}
 
 # Peak RSS minus model files minus KV cache, measured by `edgeqwen bench --profile phone` on
 # the 0.5B sample at a 2048-token context, in the benchmark's Python process:

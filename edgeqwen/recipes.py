@@ -33,9 +33,12 @@ GGUF_PRECISIONS = (
 )
 # ExecuTorch: 8-bit dynamic activations + 4-bit grouped weights (torchao), or no quantization.
 PTE_PRECISIONS = ("8da4w", "fp32")
+# OpenVINO IR: NNCF's weight compression (int4 groups / int8 per channel) or fp16 weights.
+OPENVINO_PRECISIONS = ("int4", "int8", "fp16")
 PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": ONNX_PRECISIONS, "gguf": GGUF_PRECISIONS,
-                                          "pte": PTE_PRECISIONS}
-DEFAULT_ENGINE: dict[str, str] = {"onnx": "onnxruntime-genai", "gguf": "llama-cpp", "pte": "executorch"}
+                                          "pte": PTE_PRECISIONS, "openvino": OPENVINO_PRECISIONS}
+DEFAULT_ENGINE: dict[str, str] = {"onnx": "onnxruntime-genai", "gguf": "llama-cpp", "pte": "executorch",
+                                  "openvino": "optimum-intel"}
 DEVICES = ("cpu", "npu-qnn", "npu-openvino", "mobile")
 PROFILES = ("desktop", "mobile", "tiny", "phone")
 
@@ -68,17 +71,25 @@ class RuntimeSettings(_Strict):
     batch_size: int | None = Field(default=None, ge=16, le=8192)
     mmap: bool | None = None  # map the weights from the file instead of reading them in
     kv_cache_type: Literal["f16", "q8_0"] | None = None  # q8_0 halves the KV cache (llama.cpp)
+    # Intel NPU (OpenVINO): the NPU compiles the model for static shapes, prompts of up to
+    # max_prompt_len tokens and at least min_response_len reply tokens (openvino-genai's
+    # MAX_PROMPT_LEN / MIN_RESPONSE_LEN); CPU and GPU ignore them.
+    max_prompt_len: int | None = Field(default=None, ge=16, le=131072)
+    min_response_len: int | None = Field(default=None, ge=1, le=131072)
 
 
-# Settings only the llama.cpp runtime reads.
-GGUF_ONLY_RUNTIME_SETTINGS = ("batch_size", "mmap", "kv_cache_type")
+# Settings only one runtime reads: format -> (that runtime, the settings).
+FORMAT_ONLY_RUNTIME_SETTINGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "gguf": ("llama.cpp", ("batch_size", "mmap", "kv_cache_type")),
+    "openvino": ("OpenVINO", ("max_prompt_len", "min_response_len")),
+}
 
 
 class Recipe(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = Field(min_length=1)
-    format: Literal["onnx", "gguf", "pte"]
+    format: Literal["onnx", "gguf", "pte", "openvino"]
     engine: str | None = None
     precision: str
     algorithm: dict[str, Any] = Field(default_factory=dict)
@@ -107,10 +118,12 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _check_runtime_settings(self) -> Recipe:
-        unread = [k for k in GGUF_ONLY_RUNTIME_SETTINGS if getattr(self.runtime, k) is not None]
-        if self.format != "gguf" and unread:
-            raise ValueError(f"runtime settings {', '.join(unread)} are read by the llama.cpp runtime "
-                             f"only (format gguf); this {self.format} recipe's artifact would ignore them")
+        for fmt, (runtime, names) in FORMAT_ONLY_RUNTIME_SETTINGS.items():
+            unread = [k for k in names if getattr(self.runtime, k) is not None]
+            if self.format != fmt and unread:
+                raise ValueError(f"runtime settings {', '.join(unread)} are read by the {runtime} runtime "
+                                 f"only (format {fmt}); this {self.format} recipe's artifact would "
+                                 "ignore them")
         return self
 
     @property

@@ -33,7 +33,8 @@ def test_good_recipe_loads_with_defaults(tmp_path: Path) -> None:
     gguf = load_recipe(write(tmp_path, {**GOOD, "format": "gguf", "precision": "q4_k_m"}))
     assert gguf.precision == "Q4_K_M" and gguf.engine_name == "llama-cpp"
     assert gguf.runtime.model_dump() == {"threads": None, "batch_size": None, "mmap": None,
-                                         "kv_cache_type": None}  # the backend's defaults
+                                         "kv_cache_type": None, "max_prompt_len": None,
+                                         "min_response_len": None}  # the backend's defaults
     pte = load_recipe(write(tmp_path, {**GOOD, "format": "pte", "precision": "8DA4W", "algorithm": {},
                                        "runtime": {"threads": 4}}))
     assert (pte.precision, pte.engine_name, pte.runtime.threads) == ("8da4w", "executorch", 4)
@@ -42,7 +43,11 @@ def test_good_recipe_loads_with_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("change", "expected"), [
     ({"precision": "int3"}, r"field 'precision'.*'int3' is not allowed for format 'onnx'.*int4, int8"),
     ({"format": "gguf", "precision": "int4"}, r"'INT4' is not allowed for format 'gguf'.*Q4_K_M"),
-    ({"format": "tflite"}, r"field 'format'.*'tflite' is not allowed.*'onnx', 'gguf' or 'pte'"),
+    ({"format": "tflite"}, r"field 'format'.*'tflite' is not allowed.*'onnx', 'gguf', 'pte' or 'openvino'"),
+    ({"format": "openvino", "precision": "Q4_0"},
+     r"'q4_0' is not allowed for format 'openvino'.*int4, int8, fp16"),
+    ({"runtime": {"max_prompt_len": 512}},
+     r"runtime settings max_prompt_len are read by the OpenVINO runtime only \(format openvino\)"),
     ({"format": "pte", "precision": "int4"}, r"'int4' is not allowed for format 'pte'.*8da4w, fp32"),
     ({"runtime": {"mmap": False}}, r"runtime settings mmap are read by the llama.cpp runtime only"),
     ({"format": "gguf", "precision": "Q4_0", "runtime": {"kv_cache_type": "q4_0"}},

@@ -14,10 +14,12 @@ TESTED_RUNTIMES = {
     "onnxruntime-genai": "tests/test_engine_onnx_genai.py",
     "llama-cpp": "tests/test_engine_llama_cpp.py",
     "executorch": "tests/test_engine_executorch.py",
+    "openvino": "tests/test_engine_openvino.py",
 }
 TESTED_ENGINES = {"onnxruntime-genai": "tests/test_engine_onnx_genai.py",
                   "llama-cpp": "tests/test_engine_llama_cpp.py",
-                  "executorch": "tests/test_engine_executorch.py"}
+                  "executorch": "tests/test_engine_executorch.py",
+                  "optimum-intel": "tests/test_engine_openvino.py"}
 
 
 def test_every_shipped_runtime_is_tested_and_implements_the_interface() -> None:
