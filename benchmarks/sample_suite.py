@@ -2,6 +2,7 @@
 
     python benchmarks/sample_suite.py [--out benchmarks/results] [--recipes gguf-q4_k_m ...]
                                       [--threads 2] [--repeats 3] [--max-tokens N] [--rebuild]
+                                      [--stem sample]
 
 1. builds each recipe's artifact from `sample` (kept under OUT/artifacts, reused unless
    --rebuild), recording wall time and peak RAM of the build;
@@ -13,7 +14,7 @@
    (`edgeqwen bench`, desktop profile with --threads), with llama.cpp Q4_K_M
    (`gguf-q4_k_m`) as the baseline column.
 
-Writes OUT/sample.json, OUT/sample.md (tables) and OUT/sample.html (tables and plot), and
+Writes OUT/STEM.json, OUT/STEM.md (tables) and OUT/STEM.html (tables and plot; STEM = sample), and
 prints the tables. Takes about an hour on 2 cores; needs ~12 GB RAM for the ONNX k_quant build.
 """
 
@@ -159,6 +160,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=None, help="validation tokens per text")
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--stem", default="sample", help="output file stem (a subset of recipes: "
+                        "name it, so the full suite's results are not overwritten)")
     args = parser.parse_args()
 
     arts_dir = args.out / "artifacts"
@@ -172,7 +175,7 @@ def main() -> int:
         paths.append(art)
     paths.append(peer_artifact(arts_dir / PEER, source))
 
-    measure(paths, source, args.out, "sample", "edgeqwen sample suite", BASELINE, threads=args.threads,
+    measure(paths, source, args.out, args.stem, "edgeqwen sample suite", BASELINE, threads=args.threads,
             repeats=args.repeats, max_tokens=args.max_tokens)
     return 0
 

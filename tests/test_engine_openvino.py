@@ -184,6 +184,21 @@ def test_npu_device_and_its_static_shapes(monkeypatch) -> None:
     assert choose_device(recipe) == "GPU"  # GPU.0 is a GPU
 
 
+def test_exporter_folder_completes_what_no_deps_left_out(tmp_path) -> None:
+    """The exporter folder is installed without dependencies; what its packages require and
+    the environment lacks is named (merged specifiers) and installed into it; torchvision
+    (CUDA wheels) never is."""
+    dist = tmp_path / "fake_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fake-pkg\nVersion: 1.0\n"
+        "Requires-Dist: edgeqwen-no-such-package>=1\nRequires-Dist: edgeqwen_no_such-package<3\n"
+        "Requires-Dist: torchvision\nRequires-Dist: numpy\nRequires-Dist: fake-pkg\n"
+        "Requires-Dist: edgeqwen-other; extra == 'docs'\n", encoding="utf-8")
+    assert optimum_intel_tools.missing_requirements(tmp_path) == ["edgeqwen-no-such-package<3,>=1"]
+    assert optimum_intel_tools.missing_requirements(optimum_intel_tools.exporter_dir()) == []
+
+
 def test_bad_recipes_devices_and_files_fail_clearly(sources, int4_ir, tmp_path, monkeypatch) -> None:
     int4 = {**FP16, "precision": "int4"}
     cases = [
