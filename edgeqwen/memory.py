@@ -24,11 +24,14 @@ KV_CACHE_BYTES_PER_VALUE: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34
 # - ExecuTorch: 490 MiB, of which ~330 MiB is torch and ExecuTorch's Python bindings (a
 #   native app does not carry them) and the rest XNNPACK's repacked weights and buffers.
 # - onnxruntime-genai: 400 MiB.
+# - openvino (openvino-genai pipeline + the compiled model, desktop profile, 2 threads): 475 MiB
+#   for openvino-int4, 590 MiB for openvino-int8 (the CPU plugin repacks weights at compile).
 # Compute buffers grow with the model's width, so larger models need somewhat more.
 RUNTIME_OVERHEAD_BYTES: dict[str, int] = {
     "llama-cpp": 128 * 2**20,
     "onnxruntime-genai": 400 * 2**20,
     "executorch": 480 * 2**20,
+    "openvino": 512 * 2**20,
 }
 DEFAULT_OVERHEAD_BYTES = 400 * 2**20
 
