@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.hashing import sha256_file
@@ -69,9 +70,21 @@ def _jsonl_text(file: Path, raw: str) -> str:
 
 def count_tokens(checkpoint: Path, text: str) -> int:
     """Tokens of `text` under the checkpoint's own tokenizer (no special tokens added)."""
+    return len(_tokenizer(checkpoint)(text, add_special_tokens=False)["input_ids"])
+
+
+def window_texts(text: CalibrationText, checkpoint: Path, seq_len: int, count: int) -> list[str]:
+    """The first `count` full `seq_len`-token windows of the text, decoded back to strings, for
+    tools that take calibration samples as a list of texts (optimum-intel)."""
+    tokenizer = _tokenizer(checkpoint)
+    ids = tokenizer(text.text, add_special_tokens=False)["input_ids"]
+    return [tokenizer.decode(ids[i * seq_len:(i + 1) * seq_len]) for i in range(count)]
+
+
+def _tokenizer(checkpoint: Path) -> Any:
     from transformers import AutoTokenizer
 
-    return len(AutoTokenizer.from_pretrained(str(checkpoint))(text, add_special_tokens=False)["input_ids"])
+    return AutoTokenizer.from_pretrained(str(checkpoint))
 
 
 def samples(token_count: int, seq_len: int, max_samples: int | None) -> int:

@@ -36,7 +36,7 @@ class OpenVINORuntime(Runtime):
     name = "openvino"
 
     def __init__(self, pipeline: Any, path: Path, device: str, properties: dict[str, Any],
-                 threads: int, context_length: int) -> None:
+                 threads: int, context_length: int, trained_context: int) -> None:
         self.pipeline = pipeline
         self.tokenizer = pipeline.get_tokenizer()
         self.path = path
@@ -44,7 +44,7 @@ class OpenVINORuntime(Runtime):
         self.properties = properties
         self.threads = threads
         self.context_length = context_length
-        self.trained_context = _trained_context(path)
+        self.trained_context = trained_context
         config = pipeline.get_generation_config()
         self.eos_ids = frozenset({int(config.eos_token_id), *map(int, config.stop_token_ids)} - {-1})
         template = path / "chat_template.jinja"
@@ -74,9 +74,9 @@ class OpenVINORuntime(Runtime):
             raise ArtifactError(f"OpenVINO cannot load {folder} on {device}: {_first_line(err)}",
                                 hint="`edgeqwen verify ART` tells which file changed; rebuild the "
                                 "artifact") from None
-        context = min(context_length or recipe.get("context_length") or DEFAULT_CONTEXT,
-                      _trained_context(folder))
-        return cls(pipeline, folder, device, properties, threads, context)
+        trained = _trained_context(folder)
+        context = min(context_length or recipe.get("context_length") or DEFAULT_CONTEXT, trained)
+        return cls(pipeline, folder, device, properties, threads, context, trained)
 
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer.encode(text, add_special_tokens=False).input_ids.data[0]]

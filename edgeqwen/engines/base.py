@@ -40,6 +40,15 @@ class EngineResult:
     details: dict[str, Any] = field(default_factory=dict)  # engine-specific manifest data
 
 
+def require_group_divides(source: ResolvedSource, group_size: int, hint: str) -> None:
+    """Grouped weight quantization needs `algorithm.group_size` to divide every row it groups."""
+    spec = source.spec_info()
+    for what, width in (("hidden size", spec.hidden), ("intermediate size", spec.intermediate)):
+        if width % group_size:
+            raise RecipeError(f"{source.display_name}: {what} {width} is not a multiple of "
+                              f"algorithm.group_size {group_size}", hint=hint)
+
+
 class Engine(ABC):
     name: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]

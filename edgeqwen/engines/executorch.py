@@ -25,7 +25,7 @@ import yaml
 
 from edgeqwen.catalog import ModelSpec
 from edgeqwen.checkpoint import TOKENIZER_FILES, read_config
-from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult
+from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult, require_group_divides
 from edgeqwen.engines.tool_process import run_tool
 from edgeqwen.errors import EngineError, RecipeError, SourceError
 from edgeqwen.preflight import require_disk, require_memory
@@ -93,11 +93,8 @@ class ExecuTorchEngine(Engine):
         assert isinstance(options, ExecuTorchOptions)
         spec = source.spec_info()
         if recipe.precision == "8da4w":
-            for what, width in (("hidden size", spec.hidden), ("intermediate size", spec.intermediate)):
-                if width % options.group_size:
-                    raise RecipeError(f"{source.display_name}: {what} {width} is not a multiple of "
-                                      f"algorithm.group_size {options.group_size}",
-                                      hint="pick a group size that divides it (32 divides every Qwen)")
+            require_group_divides(source, options.group_size,
+                                  hint="pick a group size that divides it (32 divides every Qwen)")
         require_memory(self.build_memory(spec, recipe, options),
                        f"the ExecuTorch export (it peaks at about {EXPORT_MEMORY_FACTOR:g}x the "
                        f"fp32 model, {human(spec.weight_bytes('fp32'))})")

@@ -21,10 +21,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edgeqwen import optimum_intel_tools
-from edgeqwen.calibration import windows
+from edgeqwen.calibration import window_texts, windows
 from edgeqwen.catalog import ModelSpec
 from edgeqwen.checkpoint import chat_template
-from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult
+from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult, require_group_divides
 from edgeqwen.engines.tool_process import run_tool
 from edgeqwen.errors import EngineError, RecipeError
 from edgeqwen.preflight import require_disk, require_memory
@@ -118,11 +118,8 @@ class OpenVINOEngine(Engine):
         assert isinstance(options, OpenVINOOptions)
         spec = source.spec_info()
         if recipe.precision == "int4" and options.group_size > 0:
-            for what, width in (("hidden size", spec.hidden), ("intermediate size", spec.intermediate)):
-                if width % options.group_size:
-                    raise RecipeError(f"{source.display_name}: {what} {width} is not a multiple of "
-                                      f"algorithm.group_size {options.group_size}",
-                                      hint="pick a group size that divides it, or -1 (per channel)")
+            require_group_divides(source, options.group_size,
+                                  hint="pick a group size that divides it, or -1 (per channel)")
         need = self.build_memory(spec, recipe, options)
         require_memory(need, f"the OpenVINO export (it peaks at about {need / spec.weight_bytes('fp32'):g}x "
                              f"the fp32 model, {human(spec.weight_bytes('fp32'))})")
@@ -153,8 +150,7 @@ class OpenVINOEngine(Engine):
             assert job.calibration is not None  # the pipeline loads it for every recipe that calibrates
             tokens, n = windows(job.calibration, job.source.path, options.seq_len, options.max_samples,
                                 what="calibration sample", option="algorithm.seq_len")
-            config["calibration"] = {"file": str(job.calibration.path), "seq_len": options.seq_len,
-                                     "max_samples": options.max_samples}
+            config["calibration"] = window_texts(job.calibration, job.source.path, options.seq_len, n)
             details["calibration"] = job.calibration.info(tokens, n, options.seq_len)
         folder = optimum_intel_tools.exporter_dir()
         config_file = job.work / "export.json"

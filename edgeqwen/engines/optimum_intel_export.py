@@ -19,18 +19,6 @@ from typing import Any
 TASK = "text-generation-with-past"
 
 
-def calibration_windows(checkpoint: str, file: str, seq_len: int, max_samples: int | None) -> list[str]:
-    """The text cut into `seq_len`-token windows (optimum-intel tokenizes each string as one sample)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    ids = tokenizer(Path(file).read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
-    windows = [ids[i:i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
-    if max_samples:
-        windows = windows[:max_samples]
-    return [tokenizer.decode(w) for w in windows]
-
-
 def export(config: dict[str, Any]) -> None:
     from optimum.exporters.openvino.__main__ import _main_quantize, main_export
     from optimum.intel import OVConfig
@@ -38,9 +26,8 @@ def export(config: dict[str, Any]) -> None:
     source, out, scratch = config["source"], Path(config["output"]), Path(config["scratch"])
     quantization = config.get("quantization")
     if quantization and config.get("calibration"):
-        cal = config["calibration"]
-        samples = calibration_windows(source, cal["file"], cal["seq_len"], cal["max_samples"])
-        quantization = {**quantization, "num_samples": None, "dataset": samples}
+        # edgeqwen cut the text into seq_len-token windows; optimum-intel tokenizes each as one sample
+        quantization = {**quantization, "num_samples": None, "dataset": config["calibration"]}
     if quantization:
         ov_config = OVConfig(quantization_config=quantization)
     else:
