@@ -77,8 +77,17 @@ def window_texts(text: CalibrationText, checkpoint: Path, seq_len: int, count: i
     """The first `count` full `seq_len`-token windows of the text, decoded back to strings, for
     tools that take calibration samples as a list of texts (optimum-intel)."""
     tokenizer = _tokenizer(checkpoint)
+    return [tokenizer.decode(ids) for ids in _cut(tokenizer, text, seq_len, count)]
+
+
+def token_windows(text: CalibrationText, checkpoint: Path, seq_len: int, count: int) -> list[list[int]]:
+    """The first `count` full `seq_len`-token windows of the text as token ids."""
+    return _cut(_tokenizer(checkpoint), text, seq_len, count)
+
+
+def _cut(tokenizer: Any, text: CalibrationText, seq_len: int, count: int) -> list[list[int]]:
     ids = tokenizer(text.text, add_special_tokens=False)["input_ids"]
-    return [tokenizer.decode(ids[i * seq_len:(i + 1) * seq_len]) for i in range(count)]
+    return [ids[i * seq_len:(i + 1) * seq_len] for i in range(count)]
 
 
 def _tokenizer(checkpoint: Path) -> Any:

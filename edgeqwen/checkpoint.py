@@ -68,3 +68,15 @@ def chat_template(folder: Path) -> str | None:
         template = json.loads(cfg.read_text(encoding="utf-8")).get("chat_template")
         return template if isinstance(template, str) else None
     return None
+
+
+def end_of_turn_ids(source: Path, config: dict[str, Any]) -> list[int]:
+    """Every id that ends a reply: config.json's and generation_config.json's eos_token_id."""
+    ids: list[int] = []
+    generation = source / "generation_config.json"
+    extra = json.loads(generation.read_text(encoding="utf-8")) if generation.is_file() else {}
+    for eos in (config.get("eos_token_id"), extra.get("eos_token_id")):
+        for i in eos if isinstance(eos, list) else [eos]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    return ids

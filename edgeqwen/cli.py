@@ -234,8 +234,9 @@ def _show_validation(report: Any, gates: list[Any]) -> None:
                       f"{m.ppl_increase_pct:+.2f}", f"{m.kl:.4f}", f"{m.top1_agreement:.1%}",
                       style="bold" if name == "overall" else None)
     out.print(table)
-    out.print(f"greedy continuations: {report.greedy_match:.0%} of the reference's tokens reproduced "
-              f"({len(report.greedy)} chat prompts)")
+    if report.greedy_match is not None:
+        out.print(f"greedy continuations: {report.greedy_match:.0%} of the reference's tokens reproduced "
+                  f"({len(report.greedy)} chat prompts)")
     if report.tokenizer_mismatches:
         out.print(f"[yellow]note:[/yellow] the two sides tokenize {', '.join(report.tokenizer_mismatches)} "
                   "differently; both were fed the reference's token ids")
@@ -263,6 +264,9 @@ def validate(
     chunk: Annotated[int, typer.Option(help="Tokens per scored window.")] = 512,
     max_tokens: Annotated[Optional[int], typer.Option(  # noqa: UP045
         help="Score at most this many tokens of each text.")] = None,
+    greedy_tokens: Annotated[int, typer.Option(
+        min=0, help="Tokens of each greedy chat continuation compared (0: none; emulated NPUs "
+        "decode slowly).")] = 32,
     as_json: JsonReport = False,
     record: Record = True,
     threads: Threads = None,
@@ -274,7 +278,8 @@ def validate(
 
     texts = read_texts(text) if text else None
     report, gates = validate_artifact(artifact, reference=reference, texts=texts, threads=threads,
-                                      chunk=chunk, max_tokens=max_tokens, record=record)
+                                      chunk=chunk, max_tokens=max_tokens, record=record,
+                                      greedy_tokens=greedy_tokens)
     if as_json:
         print(json.dumps(result_dict(report, gates), indent=2))
     else:

@@ -26,12 +26,16 @@ KV_CACHE_BYTES_PER_VALUE: dict[str, float] = {"f32": 4.0, "f16": 2.0, "q8_0": 34
 # - onnxruntime-genai: 400 MiB.
 # - openvino (openvino-genai pipeline + the compiled model, desktop profile, 2 threads): 475 MiB
 #   for openvino-int4, 590 MiB for openvino-int8 (the CPU plugin repacks weights at compile).
+# - qnn (onnxruntime + the QNN HTP backend emulated on x86-64, both context binaries loaded):
+#   peak 2,355 MiB for npu-qnn-a16w8 = 1,480 MiB of binaries + 24 MiB KV + ~850 MiB; on a
+#   Snapdragon the binaries go to the NPU's memory and the host part is smaller.
 # Compute buffers grow with the model's width, so larger models need somewhat more.
 RUNTIME_OVERHEAD_BYTES: dict[str, int] = {
     "llama-cpp": 128 * 2**20,
     "onnxruntime-genai": 400 * 2**20,
     "executorch": 480 * 2**20,
     "openvino": 512 * 2**20,
+    "qnn": 850 * 2**20,
 }
 DEFAULT_OVERHEAD_BYTES = 400 * 2**20
 
@@ -42,7 +46,7 @@ BITS_PER_WEIGHT_BY_PRECISION: dict[str, float] = {
     "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56,
     "Q5_K_M": 5.7, "Q5_K_S": 5.5, "Q5_0": 5.5, "Q5_1": 6.0, "Q4_K_M": 4.85, "Q4_K_S": 4.58,
     "Q4_0": 4.5, "Q4_1": 5.0, "Q3_K_L": 4.27, "Q3_K_M": 3.91, "Q3_K_S": 3.5, "Q2_K": 2.96,
-    "IQ4_NL": 4.5, "IQ4_XS": 4.25, "8da4w": 5.0,
+    "IQ4_NL": 4.5, "IQ4_XS": 4.25, "8da4w": 5.0, "a16w8": 8.0, "a16w4": 4.0,
 }
 # Below 8 bits, llama.cpp and ExecuTorch keep the token embedding / LM head at 8 bits.
 EMBEDDING_BITS = 8.5

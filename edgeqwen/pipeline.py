@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgeqwen import __version__, memory, progress, registry, sources
 from edgeqwen import calibration as calibration_text
-from edgeqwen.artifacts import ArtifactWriter, Manifest, list_files, now_utc
+from edgeqwen.artifacts import ArtifactWriter, FileEntry, Manifest, list_files, now_utc
 from edgeqwen.engines.base import BuildJob, Engine
 from edgeqwen.errors import RecipeError
 from edgeqwen.recipes import Recipe, load_recipe
@@ -58,6 +58,11 @@ def expected_memory(recipe: Recipe, engine: Engine, source: sources.ResolvedSour
                            weights_bytes=files_bytes, kv_cache_type=kv_cache_type, mmap=mmap)
 
 
+def served_bytes(files: list[FileEntry], served: list[str] | None) -> int:
+    """Bytes of the files the runtime loads (all when the engine does not say)."""
+    return sum(f.bytes for f in files if served is None or f.path in served)
+
+
 def default_out(recipe: Recipe, source: sources.ResolvedSource) -> Path:
     stem = source.catalog_id or source.path.name
     return Path("artifacts") / f"{stem}-{recipe.name}"
@@ -94,6 +99,7 @@ def build(recipe_ref: str | Path | Recipe, model: str | None = None,
                                        out=staging, work=Path(work),
                                        calibration=text))
         files = list_files(staging)
+        expected = expected_memory(recipe, engine, source, served_bytes(files, result.served_files))
         seconds = time.perf_counter() - started
         tool_peaks = [float(t["tool_peak_rss_mb"]) for t in progress.timings if "tool_peak_rss_mb" in t]
         children = max(tool_peaks, default=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
@@ -107,7 +113,7 @@ def build(recipe_ref: str | Path | Recipe, model: str | None = None,
             files=files,
             build={"seconds": round(seconds, 2), "peak_rss_mb": peak_rss_mb(),
                    "peak_rss_children_mb": round(children, 1), "steps": list(progress.timings)},
-            memory=expected_memory(recipe, engine, source, sum(f.bytes for f in files)).to_dict(),
+            memory=expected.to_dict(),
             notes=[*source.notes, *result.notes],
         )
         final = writer.commit(manifest)

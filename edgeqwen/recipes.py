@@ -35,10 +35,13 @@ GGUF_PRECISIONS = (
 PTE_PRECISIONS = ("8da4w", "fp32")
 # OpenVINO IR: NNCF's weight compression (int4 groups / int8 per channel) or fp16 weights.
 OPENVINO_PRECISIONS = ("int4", "int8", "fp16")
+# QNN (Snapdragon NPU): 16-bit activations with 8- or 4-bit weights, static QDQ.
+QNN_PRECISIONS = ("a16w8", "a16w4")
 PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": ONNX_PRECISIONS, "gguf": GGUF_PRECISIONS,
-                                          "pte": PTE_PRECISIONS, "openvino": OPENVINO_PRECISIONS}
+                                          "pte": PTE_PRECISIONS, "openvino": OPENVINO_PRECISIONS,
+                                          "qnn": QNN_PRECISIONS}
 DEFAULT_ENGINE: dict[str, str] = {"onnx": "onnxruntime-genai", "gguf": "llama-cpp", "pte": "executorch",
-                                  "openvino": "optimum-intel"}
+                                  "openvino": "optimum-intel", "qnn": "onnxruntime-qnn"}
 DEVICES = ("cpu", "npu-qnn", "npu-openvino", "mobile")
 PROFILES = ("desktop", "mobile", "tiny", "phone")
 
@@ -89,7 +92,7 @@ class Recipe(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = Field(min_length=1)
-    format: Literal["onnx", "gguf", "pte", "openvino"]
+    format: Literal["onnx", "gguf", "pte", "openvino", "qnn"]
     engine: str | None = None
     precision: str
     algorithm: dict[str, Any] = Field(default_factory=dict)

@@ -59,7 +59,8 @@ class Report:
     chunk: int
     texts: dict[str, Metrics]
     overall: Metrics
-    greedy_match: float  # mean fraction of the reference's greedy tokens reproduced in order
+    # mean fraction of the reference's greedy tokens reproduced in order; None: none were run
+    greedy_match: float | None
     greedy: list[dict[str, Any]] = field(default_factory=list)
     tokenizer_mismatches: list[str] = field(default_factory=list)  # texts the two sides tokenize differently
     seconds: float = 0.0
@@ -141,6 +142,8 @@ def compare(reference: Runtime, candidate: Runtime, texts: dict[str, str], *,
 
     if chunk < 2:
         raise EdgeQwenError("the chunk length must be at least 2 tokens")
+    # Windows no longer than the artifact's context (static-shape NPU graphs hold few tokens).
+    chunk = min(chunk, candidate.info().get("context_length") or chunk)
     started = time.perf_counter()
     per_text: dict[str, Metrics] = {}
     total = _Sums()
@@ -161,7 +164,8 @@ def compare(reference: Runtime, candidate: Runtime, texts: dict[str, str], *,
         total.add(sums)
 
     greedy = []
-    options = GenerationOptions(max_new_tokens=greedy_tokens)
+    prompts = prompts if greedy_tokens else ()  # 0 tokens: no continuations (slow emulated NPUs)
+    options = GenerationOptions(max_new_tokens=max(greedy_tokens, 1))
     with step(f"greedy continuations of {len(prompts)} chat prompts on both sides"):
         for prompt in prompts:
             prompt_ids = reference.encode(reference.render_chat([{"role": "user", "content": prompt}]))
@@ -170,10 +174,10 @@ def compare(reference: Runtime, candidate: Runtime, texts: dict[str, str], *,
             same = _common_prefix(want, got)
             greedy.append({"prompt": prompt, "reference_tokens": len(want), "matching_prefix": same})
     shares = [g["matching_prefix"] / max(g["reference_tokens"], 1) for g in greedy]
-    match = float(np.mean(shares)) if shares else 1.0
+    match = round(float(np.mean(shares)), 4) if shares else None
 
     return Report(reference=reference_name, candidate=candidate_name, chunk=chunk, texts=per_text,
-                  overall=total.metrics(), greedy_match=round(match, 4), greedy=greedy,
+                  overall=total.metrics(), greedy_match=match, greedy=greedy,
                   tokenizer_mismatches=mismatches, seconds=round(time.perf_counter() - started, 2))
 
 
@@ -228,7 +232,7 @@ def open_reference(spec: str | None, recorded_source: str | None, *,
 def validate_artifact(path: Path | str, *, reference: str | None = None, texts: dict[str, str] | None = None,
                       threads: int | None = None, chunk: int = DEFAULT_CHUNK, max_tokens: int | None = None,
                       record: bool = True, reference_runtime: tuple[Runtime, str] | None = None,
-                      ) -> tuple[Report, list[GateResult]]:
+                      greedy_tokens: int = GREEDY_TOKENS) -> tuple[Report, list[GateResult]]:
     """Measure an artifact against its reference and the recipe's gates; record both in its
     manifest. `reference_runtime` (runtime, description) reuses an open reference."""
     from edgeqwen.artifacts import load_manifest
@@ -239,7 +243,8 @@ def validate_artifact(path: Path | str, *, reference: str | None = None, texts: 
     candidate = open_artifact(path, threads=threads)
     ref, ref_name = reference_runtime or open_reference(reference, manifest.source.path, threads=threads)
     report = compare(ref, candidate, texts or default_texts(), chunk=chunk, max_tokens=max_tokens,
-                     reference_name=ref_name, candidate_name=f"{manifest.runtime}: {path}")
+                     greedy_tokens=greedy_tokens, reference_name=ref_name,
+                     candidate_name=f"{manifest.runtime}: {path}")
     gates = check_gates(report, manifest.recipe.get("validation") or {})
     if record:
         manifest.validation = result_dict(report, gates)

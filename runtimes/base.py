@@ -139,6 +139,25 @@ class Runtime(ABC):
         return self.generate(self.render_chat(messages, **template_kwargs), options)
 
 
+class TokenizerJson:
+    """`encode`/`decode` through the artifact's own tokenizer.json (the `tokenizers` library),
+    for backends whose library does not tokenize (ExecuTorch, QNN)."""
+
+    tokenizer: Any
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def read_chat_template(folder: Path) -> str | None:
+    """The artifact's chat_template.jinja, if it has one."""
+    template = folder / "chat_template.jinja"
+    return template.read_text(encoding="utf-8") if template.is_file() else None
+
+
 def artifact_recipe(path: Path) -> dict[str, Any]:
     """The recipe an artifact was built with (its manifest.json; {} for a bare model file or
     folder). Backends read the recipe's `runtime` settings and context from it."""

@@ -10,14 +10,22 @@ from typing import Any
 import numpy as np
 
 from edgeqwen.errors import ArtifactError
-from runtimes.base import GenerationOptions, Runtime, default_threads, process_memory, runtime_settings
+from runtimes.base import (
+    GenerationOptions,
+    Runtime,
+    TokenizerJson,
+    default_threads,
+    process_memory,
+    read_chat_template,
+    runtime_settings,
+)
 from runtimes.sampling import pick_token
 
 MODEL_FILE = "model.pte"
 _threadpool_fixed = False  # set once a program has been loaded in this process
 
 
-class ExecuTorchRuntime(Runtime):
+class ExecuTorchRuntime(TokenizerJson, Runtime):
     name = "executorch"
 
     def __init__(self, program: Any, path: Path, threads: int, tokenizer: Any, context_length: int) -> None:
@@ -32,8 +40,7 @@ class ExecuTorchRuntime(Runtime):
         self.max_chunk = int(self.forward.metadata.input_tensor_meta(0).sizes()[1])
         self.context_length = min(context_length or self.max_context, self.max_context)
         self.eos_ids = frozenset(int(i) for i in _constants(program, "get_eos_ids"))
-        template = path / "chat_template.jinja"
-        self.chat_template = template.read_text(encoding="utf-8") if template.is_file() else None
+        self.chat_template = read_chat_template(path)
 
     @classmethod
     def load(cls, path: Path, *, threads: int | None = None,
@@ -52,12 +59,6 @@ class ExecuTorchRuntime(Runtime):
         threads = _threadpool_size()  # what the program really runs with (see _load_program)
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         return cls(program, folder, threads, tokenizer, context_length or 0)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def _run(self, ids: Sequence[int], start: int) -> Any:
         """Logits (torch, [vocab]) after feeding `ids` at positions start.. into the KV cache."""

@@ -43,7 +43,8 @@ def test_good_recipe_loads_with_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("change", "expected"), [
     ({"precision": "int3"}, r"field 'precision'.*'int3' is not allowed for format 'onnx'.*int4, int8"),
     ({"format": "gguf", "precision": "int4"}, r"'INT4' is not allowed for format 'gguf'.*Q4_K_M"),
-    ({"format": "tflite"}, r"field 'format'.*'tflite' is not allowed.*'onnx', 'gguf', 'pte' or 'openvino'"),
+    ({"format": "tflite"},
+     r"field 'format'.*'tflite' is not allowed.*'onnx', 'gguf', 'pte', 'openvino' or 'qnn'"),
     ({"format": "openvino", "precision": "Q4_0"},
      r"'q4_0' is not allowed for format 'openvino'.*int4, int8, fp16"),
     ({"runtime": {"max_prompt_len": 512}},

@@ -15,11 +15,13 @@ TESTED_RUNTIMES = {
     "llama-cpp": "tests/test_engine_llama_cpp.py",
     "executorch": "tests/test_engine_executorch.py",
     "openvino": "tests/test_engine_openvino.py",
+    "qnn": "tests/test_engine_qnn.py",
 }
 TESTED_ENGINES = {"onnxruntime-genai": "tests/test_engine_onnx_genai.py",
                   "llama-cpp": "tests/test_engine_llama_cpp.py",
                   "executorch": "tests/test_engine_executorch.py",
-                  "optimum-intel": "tests/test_engine_openvino.py"}
+                  "optimum-intel": "tests/test_engine_openvino.py",
+                  "onnxruntime-qnn": "tests/test_engine_qnn.py"}
 
 
 def test_every_shipped_runtime_is_tested_and_implements_the_interface() -> None:

@@ -75,6 +75,8 @@ def test_metrics_match_hand_computed_values() -> None:
     same = compare(FixedRuntime(p), FixedRuntime(p), {"t": text}, chunk=4, prompts=["x"])
     assert (same.overall.kl, same.overall.top1_agreement, same.overall.ppl_increase_pct) == (0.0, 1.0, 0.0)
     assert same.greedy_match == 1.0
+    skipped = compare(FixedRuntime(p), FixedRuntime(q), {"t": text}, chunk=4, prompts=["x"], greedy_tokens=0)
+    assert skipped.greedy_match is None and skipped.greedy == [] and skipped.overall == m
 
     gates = {g.gate: g.passed for g in check_gates(report, {"max_ppl_increase_pct": 1000, "max_kl": 0.01,
                                                            "min_top1": None})}

@@ -38,6 +38,9 @@ class EngineResult:
     options_passed: dict[str, Any]  # exactly what the engine gave its tool, for the manifest
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # engine-specific manifest data
+    # The files the runtime loads, for the memory statement; None: all of them. (A QNN artifact
+    # also carries the QDQ graphs its context binaries were compiled from.)
+    served_files: list[str] | None = None
 
 
 def require_group_divides(source: ResolvedSource, group_size: int, hint: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from edgeqwen.catalog import ModelSpec
-from edgeqwen.checkpoint import TOKENIZER_FILES, read_config
+from edgeqwen.checkpoint import TOKENIZER_FILES, end_of_turn_ids, read_config
 from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult, require_group_divides
 from edgeqwen.engines.tool_process import run_tool
 from edgeqwen.errors import EngineError, RecipeError, SourceError
@@ -189,18 +189,6 @@ def write_checkpoint(source: Path, out: Path) -> None:
     for shard in shards:
         state.update(load_file(shard))
     torch.save(rename_state_dict(state), out)
-
-
-def end_of_turn_ids(source: Path, config: dict[str, Any]) -> list[int]:
-    """Every id that ends a reply: config.json's and generation_config.json's eos_token_id."""
-    ids: list[int] = []
-    generation = source / "generation_config.json"
-    extra = json.loads(generation.read_text(encoding="utf-8")) if generation.is_file() else {}
-    for eos in (config.get("eos_token_id"), extra.get("eos_token_id")):
-        for i in eos if isinstance(eos, list) else [eos]:
-            if i is not None and int(i) not in ids:
-                ids.append(int(i))
-    return ids
 
 
 def export_config(config: dict[str, Any], *, checkpoint: Path, params: Path, out: Path, precision: str,
