@@ -19,7 +19,7 @@ from runtimes.base import (
     read_chat_template,
     runtime_settings,
 )
-from runtimes.sampling import pick_token
+from runtimes.sampling import decode_tokens
 
 MODEL_FILE = "model.pte"
 _threadpool_fixed = False  # set once a program has been loaded in this process
@@ -75,23 +75,9 @@ class ExecuTorchRuntime(TokenizerJson, Runtime):
         return logits
 
     def stream_ids(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[int]:
-        import torch
-
-        room = self.context_length - len(prompt_ids)
-        if room < 1 or not prompt_ids:
-            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds "
-                             f"{self.context_length}")
-        generator = torch.Generator().manual_seed(options.seed if options.seed is not None else 0)
-        logits = self._prefill(prompt_ids)
-        position = len(prompt_ids)
-        for n in range(min(options.max_new_tokens, room)):
-            token = pick_token(logits.float(), options, generator)
-            if token in self.eos_ids:
-                return
-            yield token
-            if n + 1 < min(options.max_new_tokens, room):
-                logits = self._run([token], position)
-                position += 1
+        yield from decode_tokens(prompt_ids, options, context_length=self.context_length,
+                                 eos_ids=self.eos_ids, prefill=self._prefill,
+                                 step=lambda token, position: self._run([token], position))
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         # The program returns the last position's logits only (what an app needs, and cheaper

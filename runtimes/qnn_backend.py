@@ -19,7 +19,7 @@ import numpy as np
 from edgeqwen.errors import ArtifactError, EdgeQwenError
 from edgeqwen.qnn_kv import GraphShape, KVCache, session_runner
 from runtimes.base import GenerationOptions, Runtime, TokenizerJson, process_memory, read_chat_template
-from runtimes.sampling import pick_token
+from runtimes.sampling import decode_tokens
 
 CONFIG_FILE = "qnn_config.json"
 
@@ -70,23 +70,10 @@ class QNNRuntime(TokenizerJson, Runtime):
         return self._prefill(token_ids)
 
     def stream_ids(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[int]:
-        import torch
-
-        room = self.context_length - len(prompt_ids)
-        if room < 1 or not prompt_ids:
-            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds "
-                             f"{self.context_length}")
-        generator = torch.Generator().manual_seed(options.seed if options.seed is not None else 0)
-        logits = self._prefill(prompt_ids)[-1]
         decode = session_runner(self.sessions["decode"])
-        limit = min(options.max_new_tokens, room)
-        for n in range(limit):
-            token = pick_token(torch.from_numpy(logits), options, generator)
-            if token in self.eos_ids:
-                return
-            yield token
-            if n + 1 < limit:
-                logits = self.cache.step(decode, [token], 1)[-1]
+        yield from decode_tokens(prompt_ids, options, context_length=self.context_length,
+                                 eos_ids=self.eos_ids, prefill=lambda ids: self._prefill(ids)[-1],
+                                 step=lambda token, _position: self.cache.step(decode, [token], 1)[-1])
 
     def info(self) -> dict[str, Any]:
         from edgeqwen import qnn_ep

@@ -12,8 +12,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from edgeqwen.calibration import CalibrationText
 from edgeqwen.catalog import ModelSpec
 from edgeqwen.errors import RecipeError
+from edgeqwen.preflight import require_memory
 from edgeqwen.recipes import Recipe
 from edgeqwen.sources import ResolvedSource
+from edgeqwen.units import human
 from edgeqwen.versions import package_versions
 
 
@@ -82,6 +84,15 @@ class Engine(ABC):
         """Peak memory the build of `spec` takes (bytes, measured factors); preflight refuses
         to start without it and `edgeqwen matrix` sizes its parallel workers by it."""
         return 0
+
+    def require_build_memory(self, spec: ModelSpec, recipe: Recipe, options: EngineOptions, tool: str,
+                             precision: str = "fp32") -> None:
+        """Refuse to start when this machine lacks `build_memory`; the message states the
+        tool's peak as a multiple of the model's size at `precision`."""
+        need = self.build_memory(spec, recipe, options)
+        size = spec.weight_bytes(precision)
+        require_memory(need, f"{tool} (it peaks at about {need / size:g}x the {precision} model, "
+                             f"{human(size)})")
 
     def preflight(self, source: ResolvedSource, recipe: Recipe,  # noqa: B027
                   options: EngineOptions) -> None:

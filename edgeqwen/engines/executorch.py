@@ -28,11 +28,10 @@ from edgeqwen.checkpoint import TOKENIZER_FILES, end_of_turn_ids, read_config
 from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult, require_group_divides
 from edgeqwen.engines.tool_process import run_tool
 from edgeqwen.errors import EngineError, RecipeError, SourceError
-from edgeqwen.preflight import require_disk, require_memory
+from edgeqwen.preflight import require_disk
 from edgeqwen.progress import step
 from edgeqwen.recipes import Recipe
 from edgeqwen.sources import ResolvedSource
-from edgeqwen.units import human
 
 EXPORT_MODULE = "executorch.extension.llm.export.export_llm"
 INSTALL_HINT = 'pip install -c constraints.txt "edgeqwen[executorch]"'
@@ -95,9 +94,7 @@ class ExecuTorchEngine(Engine):
         if recipe.precision == "8da4w":
             require_group_divides(source, options.group_size,
                                   hint="pick a group size that divides it (32 divides every Qwen)")
-        require_memory(self.build_memory(spec, recipe, options),
-                       f"the ExecuTorch export (it peaks at about {EXPORT_MEMORY_FACTOR:g}x the "
-                       f"fp32 model, {human(spec.weight_bytes('fp32'))})")
+        self.require_build_memory(spec, recipe, options, "the ExecuTorch export")
 
     def build_memory(self, spec: ModelSpec, recipe: Recipe, options: EngineOptions) -> int:
         return int(spec.weight_bytes("fp32") * EXPORT_MEMORY_FACTOR)

@@ -23,10 +23,9 @@ from edgeqwen.checkpoint import chat_template
 from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult
 from edgeqwen.errors import EngineError, RecipeError
 from edgeqwen.gguf_header import read_header
-from edgeqwen.preflight import require_disk, require_memory
+from edgeqwen.preflight import require_disk
 from edgeqwen.recipes import Recipe
 from edgeqwen.sources import ResolvedSource
-from edgeqwen.units import human
 from runtimes.base import default_threads
 
 MODEL_FILE = "model.gguf"
@@ -88,9 +87,7 @@ class LlamaCppEngine(Engine):
             raise RecipeError(f"runtime.kv_cache_type q8_0: llama.cpp quantizes the KV cache in blocks "
                               f"of 32 values per head, and this model's heads have {spec.head_size}",
                               hint="use kv_cache_type f16 for this model")
-        require_memory(self.build_memory(spec, recipe, options),
-                       f"llama.cpp's converter (it peaks at about {CONVERTER_MEMORY_FACTOR:g}x the "
-                       f"fp16 model, {human(spec.weight_bytes('fp16'))})")
+        self.require_build_memory(spec, recipe, options, "llama.cpp's converter", precision="fp16")
 
     def build_memory(self, spec: ModelSpec, recipe: Recipe, options: EngineOptions) -> int:
         return int(spec.weight_bytes("fp16") * CONVERTER_MEMORY_FACTOR)

@@ -27,11 +27,10 @@ from edgeqwen.checkpoint import chat_template
 from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult, require_group_divides
 from edgeqwen.engines.tool_process import run_tool
 from edgeqwen.errors import EngineError, RecipeError
-from edgeqwen.preflight import require_disk, require_memory
+from edgeqwen.preflight import require_disk
 from edgeqwen.progress import step
 from edgeqwen.recipes import Recipe
 from edgeqwen.sources import ResolvedSource
-from edgeqwen.units import human
 
 EXPORT_MODULE = "edgeqwen.engines.optimum_intel_export"
 INSTALL_HINT = 'pip install -c constraints.txt "edgeqwen[openvino]"'
@@ -120,9 +119,7 @@ class OpenVINOEngine(Engine):
         if recipe.precision == "int4" and options.group_size > 0:
             require_group_divides(source, options.group_size,
                                   hint="pick a group size that divides it, or -1 (per channel)")
-        need = self.build_memory(spec, recipe, options)
-        require_memory(need, f"the OpenVINO export (it peaks at about {need / spec.weight_bytes('fp32'):g}x "
-                             f"the fp32 model, {human(spec.weight_bytes('fp32'))})")
+        self.require_build_memory(spec, recipe, options, "the OpenVINO export")
 
     def build_memory(self, spec: ModelSpec, recipe: Recipe, options: EngineOptions) -> int:
         assert isinstance(options, OpenVINOOptions)

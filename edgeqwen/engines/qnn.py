@@ -28,12 +28,11 @@ from edgeqwen.checkpoint import TOKENIZER_FILES, end_of_turn_ids, read_config
 from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult
 from edgeqwen.engines.tool_process import run_tool
 from edgeqwen.errors import EngineError, RecipeError
-from edgeqwen.preflight import require_disk, require_memory
+from edgeqwen.preflight import require_disk
 from edgeqwen.progress import step
 from edgeqwen.qnn_kv import MASK_VALUE, GraphShape
 from edgeqwen.recipes import Recipe
 from edgeqwen.sources import ResolvedSource
-from edgeqwen.units import human
 
 EXPORT_MODULE = "edgeqwen.engines.qnn_export"
 CONFIG_FILE = "qnn_config.json"
@@ -77,10 +76,7 @@ class QNNEngine(Engine):
         if importlib.util.find_spec("onnxruntime_qnn") is None:
             raise EngineError("the QNN engine needs the `onnxruntime-qnn` package (ONNX Runtime's "
                               "QNN execution provider), which is not installed", hint=qnn_ep.INSTALL_HINT)
-        spec = source.spec_info()
-        need = self.build_memory(spec, recipe, options)
-        require_memory(need, f"the QNN export (it peaks at about {PEAK_MEMORY_FACTOR:g}x the fp32 model, "
-                             f"{human(spec.weight_bytes('fp32'))})")
+        self.require_build_memory(source.spec_info(), recipe, options, "the QNN export")
 
     def build_memory(self, spec: ModelSpec, recipe: Recipe, options: EngineOptions) -> int:
         return int(spec.weight_bytes("fp32") * PEAK_MEMORY_FACTOR)
