@@ -21,7 +21,8 @@ def require_disk(folder: Path, needed: int, what: str) -> None:
         raise ResourceError(
             f"not enough disk for {what}: needs about {human(needed)} in {folder}, "
             f"{human(free)} free",
-            hint="free some space, or point EDGEQWEN_HOME / --out at a disk with more room",
+            hint="free some space, or point TMPDIR (build work files), EDGEQWEN_HOME (model cache) "
+                 "or --out at a disk with more room",
         )
 
 

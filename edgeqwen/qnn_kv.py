@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+# The artifact's description of its graphs (GraphShape, mask value, files): written by the
+# engine, read by the runtime.
+CONFIG_FILE = "qnn_config.json"
 # What the mask adds to the scores of hidden positions. Not -inf: the mask and the masked
 # scores are quantized to 16 bits, and a huge value would spend the whole 16-bit range on it
 # (exp(-100) is 4e-44: nothing leaks through the softmax).

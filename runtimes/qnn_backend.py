@@ -17,11 +17,9 @@ from typing import Any
 import numpy as np
 
 from edgeqwen.errors import ArtifactError, EdgeQwenError
-from edgeqwen.qnn_kv import GraphShape, KVCache, session_runner
+from edgeqwen.qnn_kv import CONFIG_FILE, GraphShape, KVCache, session_runner
 from runtimes.base import GenerationOptions, Runtime, TokenizerJson, process_memory, read_chat_template
 from runtimes.sampling import decode_tokens
-
-CONFIG_FILE = "qnn_config.json"
 
 
 class QNNRuntime(TokenizerJson, Runtime):

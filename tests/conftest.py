@@ -8,8 +8,10 @@ same code paths as the real models, only in milliseconds.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import venv
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +136,17 @@ def tiny_qwen2_real_vocab(tmp_path_factory: pytest.TempPathFactory, qwen_tokeniz
 @pytest.fixture(scope="session")
 def tiny_qwen3_real_vocab(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer: Path) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen3-rv", "qwen3", tokenizer=qwen_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def module_dir(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder for one test module's sample artifacts, deleted when the module is done: a
+    sample build takes up to gigabytes and CI's disk must still hold the next module's build
+    (pytest would keep them all until the session ends)."""
+    folder = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -149,8 +149,8 @@ def test_bad_calls_fail_with_clear_errors() -> None:
 
 
 @pytest.fixture(scope="module")
-def qwen3_onnx(tiny_qwen3, tmp_path_factory) -> Path:
-    return build("onnx-cpu-fp32", str(tiny_qwen3), tmp_path_factory.mktemp("api") / "q3").path
+def qwen3_onnx(tiny_qwen3, module_dir) -> Path:
+    return build("onnx-cpu-fp32", str(tiny_qwen3), module_dir / "api" / "q3").path
 
 
 def test_load_an_artifact_and_chat_like_the_reference(qwen3_onnx, tiny_qwen3) -> None:

@@ -18,13 +18,13 @@ from edgeqwen.recipes import Target
 
 
 @pytest.fixture(scope="module")
-def gguf_art(tiny_qwen2_real_vocab, tmp_path_factory) -> Path:
-    return build("gguf-q8_0", str(tiny_qwen2_real_vocab), tmp_path_factory.mktemp("bench") / "q8").path
+def gguf_art(tiny_qwen2_real_vocab, module_dir) -> Path:
+    return build("gguf-q8_0", str(tiny_qwen2_real_vocab), module_dir / "bench" / "q8").path
 
 
 @pytest.fixture(scope="module")
-def onnx_art(tiny_qwen2, tmp_path_factory) -> Path:
-    return build("onnx-cpu-fp32", str(tiny_qwen2), tmp_path_factory.mktemp("bench") / "fp32").path
+def onnx_art(tiny_qwen2, module_dir) -> Path:
+    return build("onnx-cpu-fp32", str(tiny_qwen2), module_dir / "bench" / "fp32").path
 
 
 def test_recipe_profiles_are_the_bench_profiles() -> None:

@@ -26,16 +26,16 @@ FP32 = {"name": "pte-fp32", "description": "t", "format": "pte", "precision": "f
 
 
 @pytest.fixture(scope="module")
-def fp32_programs(tmp_path_factory, tiny_qwen2_real_vocab, tiny_qwen3_real_vocab) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("pte")
+def fp32_programs(module_dir, tiny_qwen2_real_vocab, tiny_qwen3_real_vocab) -> dict[str, Path]:
+    root = module_dir / "pte"
     return {arch: build(parse_recipe(FP32), str(src), root / f"{arch}-fp32").path
             for arch, src in (("qwen2", tiny_qwen2_real_vocab), ("qwen3", tiny_qwen3_real_vocab))}
 
 
 @pytest.fixture(scope="module")
-def int4_program(tmp_path_factory, tiny_qwen2_real_vocab) -> Path:
+def int4_program(module_dir, tiny_qwen2_real_vocab) -> Path:
     return build("mobile-executorch-8da4w", str(tiny_qwen2_real_vocab),
-                 tmp_path_factory.mktemp("pte") / "8da4w").path
+                 module_dir / "pte" / "8da4w").path
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3"])

@@ -27,22 +27,22 @@ def recipe(**algorithm: object):
 
 
 @pytest.fixture(scope="module")
-def untied(tmp_path_factory) -> Path:
+def untied(module_dir) -> Path:
     # Untied embeddings: the LM head is its own MatMul, as in the 0.5B sample.
-    return make_tiny_model(tmp_path_factory.mktemp("gptq") / "qwen2", "qwen2", tied=False, seed=3)
+    return make_tiny_model(module_dir / "gptq" / "qwen2", "qwen2", tied=False, seed=3)
 
 
 @pytest.fixture(scope="module")
-def calib_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("calib") / "mine.txt"
+def calib_file(module_dir) -> Path:
+    path = module_dir / "mine.txt"
     path.write_text(calibration.SHIPPED.read_text(encoding="utf-8")[:6000], encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="module")
-def gptq_art(untied, calib_file, tmp_path_factory) -> Path:
+def gptq_art(untied, calib_file, module_dir) -> Path:
     r = recipe(matmul_mixed_precision={"last_matmul": "int8"}, gptq={**GPTQ, "int8": ["*.self_attn.o_proj"]})
-    return build(r, str(untied), tmp_path_factory.mktemp("a") / "gptq", calibration=calib_file).path
+    return build(r, str(untied), module_dir / "a" / "gptq", calibration=calib_file).path
 
 
 def test_gptq_beats_rtn_on_the_calibration_text(untied, calib_file, gptq_art, tmp_path) -> None:

@@ -49,8 +49,8 @@ CONVERSATIONS = {
 
 
 @pytest.fixture(scope="module")
-def art_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("gguf-artifacts")
+def art_root(module_dir) -> Path:
+    return module_dir / "gguf-artifacts"
 
 
 @pytest.fixture(scope="module")

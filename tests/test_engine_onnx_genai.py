@@ -50,8 +50,8 @@ def build_once(cache: dict, recipe: str, model: Path, root: Path, arch: str) -> 
 
 
 @pytest.fixture(scope="module")
-def art_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("onnx-artifacts")
+def art_root(module_dir) -> Path:
+    return module_dir / "onnx-artifacts"
 
 
 @pytest.mark.parametrize("recipe", ONNX_RECIPES)

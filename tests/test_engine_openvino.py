@@ -31,23 +31,23 @@ FP16 = {"name": "ov-fp16", "description": "t", "format": "openvino", "precision"
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory, qwen_tokenizer) -> dict[str, Path]:
+def sources(module_dir, qwen_tokenizer) -> dict[str, Path]:
     """Hidden size 128 (4 heads of 32), so the shipped recipes' groups of 128 apply."""
-    root = tmp_path_factory.mktemp("ov-src")
+    root = module_dir / "ov-src"
     return {arch: make_tiny_model(root / arch, arch, tokenizer=qwen_tokenizer, head_dim=32)
             for arch in ("qwen2", "qwen3")}
 
 
 @pytest.fixture(scope="module")
-def fp16_irs(tmp_path_factory, sources) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ov")
+def fp16_irs(module_dir, sources) -> dict[str, Path]:
+    root = module_dir / "ov"
     return {arch: build(parse_recipe(FP16), str(src), root / f"{arch}-fp16").path
             for arch, src in sources.items()}
 
 
 @pytest.fixture(scope="module")
-def int4_ir(tmp_path_factory, sources) -> Path:
-    return build("openvino-int4", str(sources["qwen2"]), tmp_path_factory.mktemp("ov") / "int4").path
+def int4_ir(module_dir, sources) -> Path:
+    return build("openvino-int4", str(sources["qwen2"]), module_dir / "ov" / "int4").path
 
 
 def _same_greedy_prefix(got: list[int], want: list[int]) -> int:

@@ -13,7 +13,7 @@ from conftest import make_tiny_model, mean_kl
 from edgeqwen.artifacts import load_manifest, verify
 from edgeqwen.cli import main
 from edgeqwen.engines import qnn_export
-from edgeqwen.errors import ArtifactError, EngineError, RecipeError
+from edgeqwen.errors import ArtifactError, EngineError, RecipeError, ResourceError
 from edgeqwen.pipeline import build
 from edgeqwen.qnn_kv import MASK_VALUE, ContextFull, GraphShape, KVCache, session_runner
 from edgeqwen.recipes import load_recipe, parse_recipe
@@ -28,15 +28,15 @@ TINY = {"name": "qnn-tiny", "description": "t", "format": "qnn", "precision": "a
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory, qwen_tokenizer) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("qnn-src")
+def sources(module_dir, qwen_tokenizer) -> dict[str, Path]:
+    root = module_dir / "qnn-src"
     return {arch: make_tiny_model(root / arch, arch, tokenizer=qwen_tokenizer)
             for arch in ("qwen2", "qwen3")}
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, sources) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("qnn")
+def artifacts(module_dir, sources) -> dict[str, Path]:
+    root = module_dir / "qnn"
     return {arch: build(parse_recipe(TINY), str(src), root / arch).path for arch, src in sources.items()}
 
 
@@ -164,6 +164,33 @@ def test_artifact_runs_on_the_htp_backend(artifacts, sources) -> None:
             list(rt.stream_ids(list(range(300)), options))
 
 
+def test_a16w4_stores_int4_weights_and_runs_on_the_htp(sources, tmp_path) -> None:
+    """a16w4: every Gemm weight is a per-channel int4 initializer; the graph still runs on the
+    HTP backend alone (its int4 zero points stored in the shared weights file as ONNX packs
+    them), the context binary compiles, and the result stays close to the reference."""
+    recipe = parse_recipe({**TINY, "name": "qnn-tiny-w4", "precision": "a16w4"})
+    art = build(recipe, str(sources["qwen2"]), tmp_path / "w4").path
+    assert json.loads((art / "qnn_config.json").read_text())["weights"] == "int4 per channel"
+    model = onnx.load(str(art / "decode.onnx"), load_external_data=False)
+    initializers = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    gemm = [n for n in model.graph.node if n.op_type == "Gemm"]
+    assert len(gemm) == 2 * 7 + 1
+    for node in gemm:
+        dequant = producers[node.input[1]]
+        weight, scale = initializers[dequant.input[0]], initializers[dequant.input[1]]
+        assert weight.data_type == onnx.TensorProto.INT4
+        assert list(scale.dims) == [weight.dims[0]]  # one scale per output channel
+    assert (art / "decode.qnn_qnn.bin").stat().st_size > 100_000
+
+    ref = TransformersRuntime.load(sources["qwen2"], threads=1)
+    rt = QNNRuntime.load(art)
+    ids = ref.encode(TEXT)
+    ref_logits, logits = ref.logits(ids), rt.logits(ids)
+    kl, agree = mean_kl(ref_logits, logits), float(np.mean(logits.argmax(-1) == ref_logits.argmax(-1)))
+    assert 0 < kl < 0.01 and agree > 0.9, (kl, agree)  # measured 0.0002, 98.8%
+
+
 def test_cli_validates_the_artifact(artifacts) -> None:
     art = artifacts["qwen3"]
     # 300 tokens per text: validation cuts its windows to the artifact's 256-token context.
@@ -191,6 +218,17 @@ def test_bad_recipes_and_files_fail_clearly(sources, artifacts, tmp_path, monkey
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "onnxruntime_qnn" else real(name, *a))
     with pytest.raises(EngineError, match="needs the `onnxruntime-qnn` package"):
+        build(parse_recipe(TINY), str(sources["qwen2"]), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+
+    from edgeqwen import preflight
+
+    free = type("Usage", (), {"free": 2**20})()
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: free)
+    # 3.5x the 37.4 MiB of fp32 weights (the QNN build peaked at 2.95x on the sample)
+    with pytest.raises(ResourceError, match=r"not enough disk for the fp32 and QDQ graphs: needs about "
+                                            r"130.8 MiB in .*edgeqwen-work-.*, 1.0 MiB free(.|\n)*TMPDIR"):
         build(parse_recipe(TINY), str(sources["qwen2"]), tmp_path / "out")
     assert not (tmp_path / "out").exists()
     monkeypatch.undo()

@@ -26,9 +26,9 @@ MESSAGES = [{"role": "user", "content": "Write a Python function that adds two n
 
 
 @pytest.fixture(scope="module")
-def onnx_artifact(tmp_path_factory, tiny_qwen2_real_vocab: Path) -> Path:
+def onnx_artifact(module_dir, tiny_qwen2_real_vocab: Path) -> Path:
     return build("onnx-cpu-fp32", str(tiny_qwen2_real_vocab),
-                 tmp_path_factory.mktemp("foundry") / "tiny-qwen2-fp32").path
+                 module_dir / "foundry" / "tiny-qwen2-fp32").path
 
 
 def test_export_writes_foundry_cache_layout(onnx_artifact: Path, tmp_path: Path) -> None:

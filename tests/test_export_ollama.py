@@ -262,9 +262,9 @@ def read_modelfile(path: Path) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def qwen3_gguf(tmp_path_factory, tiny_qwen3_real_vocab: Path) -> Path:
+def qwen3_gguf(module_dir, tiny_qwen3_real_vocab: Path) -> Path:
     return build("gguf-q8_0", str(tiny_qwen3_real_vocab),
-                 tmp_path_factory.mktemp("ollama") / "tiny-qwen3-q8_0").path
+                 module_dir / "ollama" / "tiny-qwen3-q8_0").path
 
 
 def test_export_writes_a_modelfile_with_the_proven_template(qwen3_gguf: Path, tmp_path: Path,

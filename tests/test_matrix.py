@@ -24,10 +24,10 @@ def write_plan(folder: Path, models: list[str], **extra) -> Path:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, tiny_qwen2_real_vocab, tiny_qwen3_real_vocab) -> Path:
+def models(module_dir, tiny_qwen2_real_vocab, tiny_qwen3_real_vocab) -> Path:
     import shutil
 
-    folder = tmp_path_factory.mktemp("matrix")
+    folder = module_dir / "matrix"
     shutil.copytree(tiny_qwen2_real_vocab, folder / "qwen2")
     shutil.copytree(tiny_qwen3_real_vocab, folder / "qwen3")
     return folder

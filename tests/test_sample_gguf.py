@@ -18,8 +18,8 @@ QUESTION = [{"role": "user", "content": "Write a python function that reverses a
 
 
 @pytest.fixture(scope="module")
-def sample_q4_k_m(tmp_path_factory) -> Path:
-    return build("gguf-q4_k_m", "sample", tmp_path_factory.mktemp("sample") / "q4_k_m").path
+def sample_q4_k_m(module_dir) -> Path:
+    return build("gguf-q4_k_m", "sample", module_dir / "q4_k_m").path
 
 
 def test_rebuilt_q4_k_m_has_the_official_files_tensor_mix(sample_q4_k_m) -> None:

@@ -3,7 +3,6 @@ validate against the fp32 reference, and run under the `phone` profile with the 
 runtime settings, using about the memory their manifest states."""
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -19,14 +18,9 @@ pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "Write a python function that reverses a string."}]
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("mobile")
-
-
 @pytest.mark.parametrize(("recipe", "mmap"), [("mobile-gguf-q4_0", False), ("mobile-gguf-q4_k_m", True)])
-def test_mobile_gguf_builds_validates_and_fits_its_memory_statement(recipe, mmap, root) -> None:
-    art = build(recipe, "sample", root / recipe).path
+def test_mobile_gguf_builds_validates_and_fits_its_memory_statement(recipe, mmap, module_dir) -> None:
+    art = build(recipe, "sample", module_dir / recipe).path
     report, gates = validate_artifact(art, threads=2, max_tokens=256)
     assert all(g.passed for g in gates), [g for g in gates if not g.passed]
     assert report.overall.tokens > 700
@@ -42,8 +36,8 @@ def test_mobile_gguf_builds_validates_and_fits_its_memory_statement(recipe, mmap
     assert 0.75 * expected < result["peak_rss_mb"] < 1.1 * expected, (result["peak_rss_mb"], expected)
 
 
-def test_mobile_executorch_builds_validates_and_answers(root) -> None:
-    art = build("mobile-executorch-8da4w", "sample", root / "executorch").path
+def test_mobile_executorch_builds_validates_and_answers(module_dir) -> None:
+    art = build("mobile-executorch-8da4w", "sample", module_dir / "executorch").path
     manifest = load_manifest(art)
     assert manifest.engine["options"]["quantization"]["qmode"] == "8da4w"
     assert manifest.memory["kv_cache_type"] == "f32" and manifest.memory["context_length"] == 2048

@@ -18,8 +18,8 @@ QUESTION = "Write a python function that reverses a string."
 
 
 @pytest.fixture(scope="module")
-def sample_int4(tmp_path_factory) -> Path:
-    return build("onnx-cpu-int4", "sample", tmp_path_factory.mktemp("sample") / "int4").path
+def sample_int4(module_dir) -> Path:
+    return build("onnx-cpu-int4", "sample", module_dir / "int4").path
 
 
 def test_stock_onnxruntime_genai_loads_it_and_it_codes(sample_int4, capsys) -> None:

@@ -17,9 +17,8 @@ QUESTION = [{"role": "user", "content": "Write a python function that reverses a
 
 
 @pytest.fixture(scope="module")
-def sample_irs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("sample-ov")
-    return {name: build(f"openvino-{name}", "sample", root / name).path for name in ("int8", "int4")}
+def sample_irs(module_dir) -> dict[str, Path]:
+    return {name: build(f"openvino-{name}", "sample", module_dir / name).path for name in ("int8", "int4")}
 
 
 @pytest.mark.parametrize("name", ["int8", "int4"])

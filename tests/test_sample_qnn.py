@@ -20,8 +20,8 @@ QUESTION = [{"role": "user", "content": "Write a python function that reverses a
 
 
 @pytest.fixture(scope="module")
-def sample_qnn(tmp_path_factory) -> Path:
-    return build("npu-qnn-a16w8", "sample", tmp_path_factory.mktemp("sample-qnn") / "a16w8").path
+def sample_qnn(module_dir) -> Path:
+    return build("npu-qnn-a16w8", "sample", module_dir / "a16w8").path
 
 
 def test_validation_on_a_short_text_passes_the_gates(sample_qnn) -> None:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,9 @@ def save_shared(sources: dict[str, Path], out: Path) -> dict[str, int]:
             model = onnx.load(str(src))  # external data loaded into memory
             used[name] = 0
             for tensor in model.graph.initializer:
-                raw = numpy_helper.to_array(tensor).tobytes() if not tensor.raw_data else tensor.raw_data
+                # Typed fields (int4 zero points come in int32_data) to ONNX's raw layout: packed
+                # nibbles for 4-bit types, which `ndarray.tobytes()` would not give.
+                raw = tensor.raw_data or numpy_helper.from_array(numpy_helper.to_array(tensor)).raw_data
                 if len(raw) < 1024:
                     continue
                 key = hashlib.sha256(raw + repr((tensor.data_type, list(tensor.dims))).encode()).hexdigest()
@@ -277,34 +280,55 @@ def compile_context(out: Path, provider_options: dict[str, str]) -> None:
         compiler.compile_to_file(str(out / f"{name}.qnn.onnx"))
 
 
-def build(config: dict[str, Any]) -> None:
+def fp32_graph(source: str, shape: GraphShape, name: str, work: Path) -> Path:
+    """Trace one graph from the checkpoint and tidy it; returns the fp32 graph. The model is
+    loaded per graph so it is not held in memory while the other graph is quantized."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    chunk = shape.prefill_chunk if name == "prefill" else 1
+    log(f"exporting the {name} graph ({chunk} new tokens, {shape.context} cached)")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    # The TorchScript exporter writes a >2 GB model as one file per tensor: in its own folder.
+    traced, fp32 = work / name / "traced" / "model.onnx", work / name / "fp32.onnx"
+    traced.parent.mkdir(parents=True, exist_ok=True)
+    export_graph(model, shape, chunk, traced)
+    del model
+    tidy(traced, fp32)
+    shutil.rmtree(traced.parent)
+    return fp32
+
+
+def remove_graph(path: Path) -> None:
+    """Delete a graph and its external data (tidy writes it as `<name>.data`)."""
+    for file in (path, path.with_name(path.name + ".data")):
+        file.unlink(missing_ok=True)
+
+
+def build(config: dict[str, Any]) -> None:
     out, work = Path(config["output"]), Path(config["work"])
     shape = GraphShape(**config["shape"])
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(config["source"], dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
-    fp32: dict[str, Path] = {}
-    for name, chunk in (("prefill", shape.prefill_chunk), ("decode", 1)):
-        log(f"exporting the {name} graph ({chunk} new tokens, {shape.context} cached)")
-        # The TorchScript exporter writes a >2 GB model as one file per tensor: in its own folder.
-        traced, fp32[name] = work / name / "traced" / "model.onnx", work / name / "fp32.onnx"
-        traced.parent.mkdir(parents=True, exist_ok=True)
-        export_graph(model, shape, chunk, traced)
-        tidy(traced, fp32[name])
-        shutil.rmtree(traced.parent)
-    del model
-    log(f"calibrating on {len(config['windows'])} windows")
-    feeds = calibration_feeds(fp32["prefill"], shape, config["windows"])
+    # One graph's fp32 weights on disk at a time (plus the quantizer's working copy, which
+    # tempfile puts in the work folder): each fp32 graph is deleted once its QDQ copy exists.
+    work.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(work)
     qdq: dict[str, Path] = {}
+    feeds: dict[str, list[dict[str, np.ndarray]]] = {}
     for name in GRAPHS:
+        fp32 = fp32_graph(config["source"], shape, name, work)
+        if not feeds:  # the prefill graph comes first and calibrates both
+            log(f"calibrating on {len(config['windows'])} windows")
+            feeds = calibration_feeds(fp32, shape, config["windows"])
         log(f"quantizing the {name} graph ({len(feeds[name])} calibration calls)")
         qdq[name] = work / name / "qdq.onnx"
-        quantize_graph(fp32[name], qdq[name], feeds[name], config["weight_bits"])
+        quantize_graph(fp32, qdq[name], feeds.pop(name), config["weight_bits"])
+        remove_graph(fp32)
     out.mkdir(parents=True, exist_ok=True)
     used = save_shared(qdq, out)
+    for path in qdq.values():
+        shutil.rmtree(path.parent)
     log("weights referenced: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in used.items()))
     if config["context_binary"]:
         log("compiling QNN context binaries on the HTP backend")
