@@ -318,7 +318,7 @@ def build(config: dict[str, Any]) -> None:
     feeds: dict[str, list[dict[str, np.ndarray]]] = {}
     for name in GRAPHS:
         fp32 = fp32_graph(config["source"], shape, name, work)
-        if not feeds:  # the prefill graph comes first and calibrates both
+        if name == "prefill":  # comes first: its fp32 graph calibrates both graphs
             log(f"calibrating on {len(config['windows'])} windows")
             feeds = calibration_feeds(fp32, shape, config["windows"])
         log(f"quantizing the {name} graph ({len(feeds[name])} calibration calls)")
