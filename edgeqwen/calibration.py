@@ -3,12 +3,16 @@
 Nothing is downloaded at build time. The shipped `texts/calibration/default.txt` is written for
 edgeqwen (English prose, Python/SQL/JavaScript code and short paragraphs in 28 languages)
 and shares no passage with the validation texts, so validation does not score the model on
-what it was calibrated with.
+what it was calibrated with. `texts/calibration/sampled.jsonl` holds the sample model's own
+continuations of its paragraphs (`edgeqwen.sampled_calibration`); a recipe names the shipped
+files it calibrates with when the user passes none.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,9 @@ from typing import Any
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.hashing import sha256_file
 
-SHIPPED = Path(__file__).parent / "texts" / "calibration" / "default.txt"
+SHIPPED_DIR = Path(__file__).parent / "texts" / "calibration"
+DEFAULT = "default.txt"
+SHIPPED = SHIPPED_DIR / DEFAULT
 FILE_HINT = "pass a UTF-8 .txt file, or a .jsonl file with one {\"text\": ...} object per line"
 
 
@@ -28,19 +34,34 @@ class CalibrationError(EdgeQwenError):
 class CalibrationText:
     path: Path
     text: str
-    sha256: str
+    sha256: str  # of the file; of the joined text when several shipped files make it
     shipped: bool
+    names: tuple[str, ...] = ()  # the shipped files, in order
 
     def info(self, tokens: int, samples: int, seq_len: int) -> dict:
         """What the manifest records: enough to rebuild with the same data."""
-        return {"file": "edgeqwen/texts/calibration/default.txt" if self.shipped else str(self.path),
-                "sha256": self.sha256, "chars": len(self.text), "tokens": tokens,
+        file = f"edgeqwen/texts/calibration/{'+'.join(self.names)}" if self.shipped else str(self.path)
+        return {"file": file, "sha256": self.sha256, "chars": len(self.text), "tokens": tokens,
                 "samples": samples, "seq_len": seq_len}
 
 
-def load(path: str | Path | None = None) -> CalibrationText:
-    """The calibration text at `path` (.txt whole, or .jsonl `text` fields joined), else the shipped one."""
-    file = Path(path) if path is not None else SHIPPED
+def load(path: str | Path | None = None, shipped: Sequence[str] = (DEFAULT,)) -> CalibrationText:
+    """The calibration text at `path` (.txt whole, or .jsonl `text` fields joined), else the
+    shipped files named in `shipped`, joined in that order."""
+    if path is not None:
+        file = Path(path)
+        return CalibrationText(path=file, text=_read(file), sha256=sha256_file(file), shipped=False)
+    files = [SHIPPED_DIR / name for name in shipped]
+    for file in files:
+        if not file.is_file():
+            known = ", ".join(sorted(p.name for p in SHIPPED_DIR.iterdir() if p.suffix in (".txt", ".jsonl")))
+            raise CalibrationError(f"no shipped calibration file {file.name!r}", hint=f"shipped: {known}")
+    text = "\n\n".join(_read(file) for file in files)
+    sha = sha256_file(files[0]) if len(files) == 1 else hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return CalibrationText(path=files[0], text=text, sha256=sha, shipped=True, names=tuple(shipped))
+
+
+def _read(file: Path) -> str:
     if not file.is_file():
         raise CalibrationError(f"calibration file {file} does not exist", hint=FILE_HINT)
     try:
@@ -50,7 +71,7 @@ def load(path: str | Path | None = None) -> CalibrationText:
     text = _jsonl_text(file, raw) if file.suffix == ".jsonl" else raw
     if not text.strip():
         raise CalibrationError(f"calibration file {file} holds no text", hint=FILE_HINT)
-    return CalibrationText(path=file, text=text, sha256=sha256_file(file), shipped=path is None)
+    return text
 
 
 def _jsonl_text(file: Path, raw: str) -> str:

@@ -196,8 +196,9 @@ def build(
     threads: Threads = None,
     calibration: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--calibration", help="Calibration text for recipes that calibrate (GPTQ in onnx-cpu-int4): "
-        "a UTF-8 .txt, or .jsonl with a `text` field per line. Default: the shipped "
-        "edgeqwen/texts/calibration/default.txt (English, code, 28 languages).")] = None,
+        "a UTF-8 .txt, or .jsonl with a `text` field per line. Default: the shipped files the recipe "
+        "names (algorithm.gptq.calibration; onnx-cpu-int4: default.txt, English, code and 28 languages, "
+        "+ sampled.jsonl, the sample's own continuations of it; see `edgeqwen sample-calibration`).")] = None,
 ) -> None:
     """Build an artifact from a recipe and a model source, then validate it.
 
@@ -370,6 +371,42 @@ def resolve(
     for note in resolved.notes:
         err.print(f"[yellow]note:[/yellow] {note}")
     sys.stdout.write(f"{resolved.path}\n")
+
+
+@app.command("sample-calibration")
+def sample_calibration(
+    model: Annotated[str, typer.Argument(help="`sample`, a catalog id, a repo id, a folder or a .gguf.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="The .jsonl file to write.")],
+    rounds: Annotated[int, typer.Option(min=1, help="Continuations per opening (round r samples with "
+                                        "seed + r).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the first round.")] = 0,
+    new_tokens: Annotated[int, typer.Option(min=8, help="Tokens sampled after each 24-token opening.")] = 232,
+    force: Annotated[bool, typer.Option(help="Replace the file if it exists.")] = False,
+    threads: Threads = None,
+) -> None:
+    """Write calibration text sampled from the model itself, for GPTQ (`--calibration FILE`).
+
+    The model continues the opening of every paragraph of the shipped calibration text
+    (English, code, 28 languages) at temperature 0.8, top-p 0.95: more calibration tokens in
+    the same mix, with nothing downloaded. The shipped texts/calibration/sampled.jsonl was made
+    this way from `sample`. About 100 s per 16 continuations for a 0.5B model
+    on 2 cores.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgeqwen.sampled_calibration import sample_texts, write_jsonl
+    from edgeqwen.sources import resolve as run_resolve
+
+    if out_file.exists() and not force:
+        raise EdgeQwenError(f"{out_file} exists", hint="pass --force to replace it, or another --out")
+    source = run_resolve(model)
+    with Progress(TextColumn("sampling calibration text"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("sample", total=None)
+        texts = sample_texts(source.path, rounds=rounds, seed=seed, new_tokens=new_tokens, threads=threads,
+                             on_batch=lambda done, total: bar.update(task, completed=done, total=total))
+    write_jsonl(texts, out_file)
+    out.print(f"wrote {out_file} ({len(texts)} samples)")
 
 
 @app.command()

@@ -83,7 +83,8 @@ def build(recipe_ref: str | Path | Recipe, model: str | None = None,
                           "has nothing to change",
                           hint="use a calibrated recipe (onnx-cpu-int4) or drop --calibration")
     # Loaded (and a bad file refused) once, here, before the slow steps.
-    text = calibration_text.load(calibration) if engine.calibrates(options) else None
+    text = (calibration_text.load(calibration, engine.shipped_calibration(options))
+            if engine.calibrates(options) else None)
     if out is not None:  # refuse an existing folder before the slow steps, not after
         ArtifactWriter(out, force=force).check_target()
     source = sources.resolve(spec)

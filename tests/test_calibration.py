@@ -59,3 +59,29 @@ def test_samples_counts_full_windows() -> None:
     assert calibration.samples(1000, 256, None) == 3
     assert calibration.samples(1000, 256, 2) == 2
     assert calibration.samples(255, 256, None) == 0
+
+
+def test_shipped_files_join_in_the_order_a_recipe_names_them() -> None:
+    both = calibration.load(shipped=("default.txt", "sampled.jsonl"))
+    default = calibration.load()
+    sampled = [json.loads(line)["text"] for line in
+               (calibration.SHIPPED_DIR / "sampled.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert both.text == "\n\n".join([default.text, *sampled])
+    assert both.shipped and both.names == ("default.txt", "sampled.jsonl") and both.sha256 != default.sha256
+    assert both.info(1, 1, 1)["file"] == "edgeqwen/texts/calibration/default.txt+sampled.jsonl"
+    # One continuation of every opening of default.txt, up to 256 tokens each (a few end
+    # early, at the model's end-of-text).
+    openings = [p.strip("\n")[:12] for p in default.text.split("\n\n") if len(p.strip()) > 40]
+    assert len(sampled) == len(openings) and sum(map(len, sampled)) > 2 * len(default.text)
+    # (the chat turn's special tokens are dropped from the continuation: skip_special_tokens)
+    starts = [t[:12] for t in sampled]
+    assert [a for a, b in zip(starts, openings, strict=True) if a != b] == ["user\nCan you"]
+    # Sampled text is calibration too: nothing of it may be scored by validation.
+    for name, text in default_texts().items():
+        assert not any(s[i:i + 80] in text for s in sampled for i in range(0, len(s) - 80, 40)), name
+
+
+def test_unknown_shipped_file_is_refused_naming_the_shipped_ones() -> None:
+    with pytest.raises(CalibrationError) as err:
+        calibration.load(shipped=("default.txt", "wiki.txt"))
+    assert "'wiki.txt'" in err.value.message and "sampled.jsonl" in err.value.hint

@@ -72,6 +72,23 @@ def test_manifest_records_calibration_and_8_bit_set(gptq_art, calib_file) -> Non
     assert json.loads((gptq_art / "genai_config.json").read_text())["search"]["max_length"] == 512
 
 
+def test_shipped_calibration_files_int4_head_and_layers_counted_from_the_end(untied, tmp_path) -> None:
+    """The default recipe's shape: the shipped files it names, GPTQ for the LM head (run by
+    olive_launch, which keeps none of the head's outputs), INT8 for the last layer's MLP."""
+    r = recipe(gptq={**GPTQ, "lm_head": True, "int8": ["*.layers.-1.mlp.*"],
+                     "calibration": ["default.txt", "sampled.jsonl"]})
+    engine = load_manifest(build(r, str(untied), tmp_path / "a").path).engine
+    gptq = engine["gptq"]
+    assert gptq["calibration"]["file"] == "edgeqwen/texts/calibration/default.txt+sampled.jsonl"
+    assert gptq["calibration"]["sha256"] == calibration.load(shipped=("default.txt", "sampled.jsonl")).sha256
+    assert gptq["int8_modules"] == [f"model.layers.1.mlp.{m}_proj" for m in ("down", "gate", "up")]
+    bits = engine["matmul_bits"]
+    mlp = ("down", "gate", "up")
+    assert sorted(bits["int8"]) == [f"/model/layers.1/mlp/{m}_proj/MatMulNBits" for m in mlp]
+    # 2 x qkv, 2 x o, layer 0's gate/up/down and the LM head, all GPTQ INT4
+    assert bits["int4"] == 8
+
+
 def test_recipe_combinations_that_cannot_work_are_refused(untied, tmp_path) -> None:
     with pytest.raises(RecipeError, match="mixed_layers does not apply"):
         build(recipe(matmul_mixed_precision={"mixed_layers": "int8"}, gptq=GPTQ), str(untied), tmp_path / "a")

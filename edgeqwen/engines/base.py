@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from edgeqwen.calibration import DEFAULT as DEFAULT_CALIBRATION
 from edgeqwen.calibration import CalibrationText
 from edgeqwen.catalog import ModelSpec
 from edgeqwen.errors import RecipeError
@@ -76,6 +77,10 @@ class Engine(ABC):
     def calibrates(self, options: EngineOptions) -> bool:
         """Whether these options run a data-aware step that reads calibration text."""
         return False
+
+    def shipped_calibration(self, options: EngineOptions) -> tuple[str, ...]:
+        """The shipped calibration files (edgeqwen/texts/calibration) used without --calibration."""
+        return (DEFAULT_CALIBRATION,)
 
     def tool_versions(self) -> dict[str, str]:
         return package_versions(self.packages)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeqwen import calibration
+from edgeqwen.calibration import DEFAULT as DEFAULT_CALIBRATION
 from edgeqwen.calibration import CalibrationText
 from edgeqwen.engines.tool_process import run_tool
 from edgeqwen.errors import EngineError, RecipeError
@@ -27,7 +29,8 @@ from edgeqwen.progress import step
 INSTALL_HINT = 'pip install -c constraints.txt "edgeqwen[onnx]"  (olive-ai and datasets)'
 # Peak RSS of a GPTQ build as a multiple of the fp16 model, measured on the 0.5B sample
 # (0.99 GB at fp16) with 23 x 256 tokens: Olive 5.6 GB (fp32 model, Hessians, calibration
-# activations), then the builder 5.3 GB (it only packs the pre-quantized layers).
+# activations), then the builder 5.3 GB (it only packs the pre-quantized layers). The LM
+# head's logits would add samples x seq_len x vocab x 4 bytes; olive_launch keeps none.
 PEAK_MEMORY_FACTOR = 6.0
 
 
@@ -42,6 +45,8 @@ class GptqOptions(BaseModel):
     lm_head: bool = False  # GPTQ for the LM head too (else the builder quantizes it)
     # Hugging Face module names (fnmatch patterns) GPTQ keeps at 8 bits, e.g. "*.self_attn.*"
     int8: list[str] = Field(default_factory=list)
+    # shipped files (edgeqwen/texts/calibration) joined as the calibration text without --calibration
+    calibration: list[str] = Field(default_factory=lambda: [DEFAULT_CALIBRATION], min_length=1)
 
 
 def run_gptq(checkpoint: Path, work: Path, text: CalibrationText, options: GptqOptions, *,
@@ -76,8 +81,8 @@ def run_gptq(checkpoint: Path, work: Path, text: CalibrationText, options: GptqO
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "HF_DATASETS_CACHE": str(work / "datasets-cache")}
     with step(f"Olive GPTQ: {n} x {options.seq_len} calibration tokens, int{bits} block {group_size}"):
-        run_tool([sys.executable, "-m", "olive", "run", "--config", str(config_path)], work / "olive.log",
-                 tool="Olive's GPTQ pass", env=env,
+        run_tool([sys.executable, "-m", "edgeqwen.engines.olive_launch", "run", "--config", str(config_path)],
+                 work / "olive.log", tool="Olive's GPTQ pass", env=env,
                  hint="check the calibration text and the recipe's algorithm.gptq options")
     model = _output_model(out)
     return model, {"algorithm": "gptq", "engine": "olive Gptq pass", **options.model_dump(),
@@ -107,14 +112,18 @@ def linear_modules(checkpoint: Path) -> list[str]:
 
 
 def int8_modules(checkpoint: Path, patterns: list[str]) -> list[str]:
-    """The modules `patterns` select; a pattern that selects nothing is a recipe error."""
+    """The modules `patterns` select; a pattern that selects nothing is a recipe error.
+    `.layers.-N.` counts from the last layer, so one recipe names "the last three layers" of
+    models of any depth."""
     from fnmatch import fnmatchcase
 
     if not patterns:
         return []
     modules = linear_modules(checkpoint)
+    layers = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
     chosen = []
     for pattern in patterns:
+        pattern = re.sub(r"\.layers\.-(\d+)\.", lambda m: f".layers.{layers - int(m.group(1))}.", pattern)
         hits = [m for m in modules if fnmatchcase(m, pattern)]
         if not hits:
             raise RecipeError(f"algorithm.gptq.int8 pattern {pattern!r} matches no layer of the model",

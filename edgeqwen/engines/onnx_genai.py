@@ -99,6 +99,10 @@ class OnnxGenAIEngine(Engine):
     def calibrates(self, options: EngineOptions) -> bool:
         return isinstance(options, OnnxGenAIOptions) and options.gptq is not None
 
+    def shipped_calibration(self, options: EngineOptions) -> tuple[str, ...]:
+        assert isinstance(options, OnnxGenAIOptions) and options.gptq is not None
+        return tuple(options.gptq.calibration)
+
     def preflight(self, source: ResolvedSource, recipe: Recipe, options: EngineOptions) -> None:
         if importlib.util.find_spec("onnxruntime_genai") is None:
             raise EngineError("the ONNX engine needs onnxruntime-genai, which is not installed",
