@@ -89,6 +89,15 @@ def test_shipped_calibration_files_int4_head_and_layers_counted_from_the_end(unt
     assert bits["int4"] == 8
 
 
+def test_layers_counted_from_the_end_beyond_a_shallow_model_select_nothing(untied) -> None:
+    from edgeqwen.engines.olive_gptq import int8_modules
+
+    # The tiny model has 2 layers: -3 is before the first (the default recipe on a small model)
+    assert int8_modules(untied, ["*.layers.-3.mlp.*", "*.layers.-1.mlp.down_proj"]) == [
+        "model.layers.1.mlp.down_proj"]
+    assert int8_modules(untied, ["*.layers.-2.self_attn.o_proj"]) == ["model.layers.0.self_attn.o_proj"]
+
+
 def test_recipe_combinations_that_cannot_work_are_refused(untied, tmp_path) -> None:
     with pytest.raises(RecipeError, match="mixed_layers does not apply"):
         build(recipe(matmul_mixed_precision={"mixed_layers": "int8"}, gptq=GPTQ), str(untied), tmp_path / "a")

@@ -28,10 +28,10 @@ from edgeqwen.progress import step
 
 INSTALL_HINT = 'pip install -c constraints.txt "edgeqwen[onnx]"  (olive-ai and datasets)'
 # Peak RSS of a GPTQ build as a multiple of the fp16 model, measured on the 0.5B sample
-# (0.99 GB at fp16) with 23 x 256 tokens: Olive 5.6 GB (fp32 model, Hessians, calibration
-# activations), then the builder 5.3 GB (it only packs the pre-quantized layers). The LM
-# head's logits would add samples x seq_len x vocab x 4 bytes; olive_launch keeps none.
-PEAK_MEMORY_FACTOR = 6.0
+# (0.99 GB at fp16): Olive 5.6 GB with 23 x 256 calibration tokens, 7.6 GB with 155 x 256
+# (fp32 model, Hessians, calibration activations), then the builder ≈3-5 GB (it only packs).
+# The LM head's logits would add samples x seq_len x vocab x 4 bytes; olive_launch keeps none.
+PEAK_MEMORY_FACTOR = 8.0
 
 
 class GptqOptions(BaseModel):
@@ -114,7 +114,8 @@ def linear_modules(checkpoint: Path) -> list[str]:
 def int8_modules(checkpoint: Path, patterns: list[str]) -> list[str]:
     """The modules `patterns` select; a pattern that selects nothing is a recipe error.
     `.layers.-N.` counts from the last layer, so one recipe names "the last three layers" of
-    models of any depth."""
+    models of any depth; one that reaches before the first layer (a shallower model than the
+    recipe had in mind) selects nothing, without error."""
     from fnmatch import fnmatchcase
 
     if not patterns:
@@ -123,7 +124,11 @@ def int8_modules(checkpoint: Path, patterns: list[str]) -> list[str]:
     layers = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
     chosen = []
     for pattern in patterns:
-        pattern = re.sub(r"\.layers\.-(\d+)\.", lambda m: f".layers.{layers - int(m.group(1))}.", pattern)
+        back = re.search(r"\.layers\.-(\d+)\.", pattern)
+        if back:
+            if int(back.group(1)) > layers:
+                continue
+            pattern = pattern.replace(back.group(0), f".layers.{layers - int(back.group(1))}.")
         hits = [m for m in modules if fnmatchcase(m, pattern)]
         if not hits:
             raise RecipeError(f"algorithm.gptq.int8 pattern {pattern!r} matches no layer of the model",
