@@ -2,22 +2,23 @@
 
     python benchmarks/int4_sweep.py [--model sample|sample-1.5b] [--out benchmarks/results]
                                     [--configs NAME ...] [--rebuild] [--threads 2] [--repeats 3]
-                                    [--stem NAME]
+                                    [--rounds 5] [--stem NAME]
 
 Each configuration is the shipped `onnx-cpu-int4` recipe with its `algorithm` replaced
 (the ONNX Runtime GenAI model builder's own options: base algorithm, symmetric or not,
 block size, activation precision, int8 for the LM head and for llama.cpp's "sensitive"
 layer set; and Olive's GPTQ on the shipped calibration text before the builder, optionally
-with the attention projections kept at 8 bits). Every artifact is validated against the fp32 reference on the
-shipped texts (per language) and benchmarked one after another in this run; `int4-rtn`
-(plain INT4) is the baseline for size and decode speed; `int4-gptq-asym-attn8-mlp8-sampled` is the
-shipped default, as issue #7 asks: the target is
-<= +3% perplexity, mean KL <= 0.03, no text worse than +5%, <= 1.25x the size and decode
-within 10% of plain INT4.
+with modules kept at 8 bits). Every artifact is validated against the fp32 reference on the
+shipped texts (per text and per language) and benchmarked in turn, `--rounds` times, in this
+run; `int4-rtn` (plain INT4) is the baseline for size and decode speed;
+`int4-gptq-asym-attn8-mlp8x6-sampled-i8b128` is the shipped default. Issue #7's target:
+<= +3% perplexity, mean KL <= 0.03, no text worse than +5% (nor a language of the
+multilingual text by more than two standard errors), <= 1.25x the size and decode within
+10% of plain INT4.
 
 Writes OUT/int4_sweep.{md,html,json} (sample) or OUT/int4_sweep_<model>.{md,html,json}
 (the suite's tables plus a per-text table) and prints them. On 2 cores for the 0.5B: ~4-5
-minutes per k_quant configuration (~10 GB RAM), ~10 minutes per GPTQ configuration (~6 GB).
+minutes per k_quant configuration (~10 GB RAM), ~13 minutes per GPTQ configuration (~7.6 GB).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ KQUANT = {"algo_config": "k_quant"}
 ATTN8 = ["*.self_attn.*"]  # q/k/v/o projections: 12% of the body's weights, 36% of its INT4 KL
 # the MLPs of the first and the last three layers (the most sensitive MLPs)
 MLP8 = ["*.layers.0.mlp.*", "*.layers.-3.mlp.*", "*.layers.-2.mlp.*", "*.layers.-1.mlp.*"]
+MLP8X6 = ["*.layers.0.mlp.*", "*.layers.-5.mlp.*", "*.layers.-4.mlp.*", *MLP8[1:]]  # first and last five
 SAMPLED = ["default.txt", "sampled.jsonl"]  # + the sample's own continuations (sampled_calibration)
 # name -> the algorithm section of the recipe (block 32 and accuracy level 4 unless stated)
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -63,6 +65,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "int4-gptq-asym-attn8": {**RTN_ASYM, "gptq": {"int8": ATTN8, "lm_head": True}},
     "int4-gptq-asym-attn8-mlp8-sampled": {**RTN_ASYM, "gptq": {"int8": ATTN8 + MLP8, "lm_head": True,
                                                                "calibration": SAMPLED}},
+    # the 8-bit modules in blocks of 128: 10% fewer bytes for them per token
+    "int4-gptq-asym-attn8-mlp8-sampled-i8b128": {**RTN_ASYM, "gptq": {"int8": ATTN8 + MLP8, "lm_head": True,
+                                                                      "calibration": SAMPLED,
+                                                                      "int8_block_size": 128}},
+    # ... which pays for two more int8 MLPs (layers -5, -4): the shipped default
+    "int4-gptq-asym-attn8-mlp8x6-sampled-i8b128": {**RTN_ASYM, "gptq": {
+        "int8": ATTN8 + MLP8X6, "lm_head": True, "calibration": SAMPLED, "int8_block_size": 128}},
 }
 TARGET = {"ppl_increase_pct": 3.0, "kl": 0.03, "per_text_ppl_increase_pct": 5.0, "size_ratio": 1.25,
           "decode_ratio": 0.90}
@@ -84,24 +93,42 @@ def summary(paths: list[Path], prefix: str) -> tuple[str, dict[str, Any]]:
     texts = sorted(base.validation["texts"])
     lines = ["### per text and targets (vs plain INT4 `int4-rtn`)", "",
              "| config | " + " | ".join(f"{t} ppl Δ %" for t in texts)
-             + " | ppl Δ % | KL | size × | decode × | build s | meets target |",
-             "|---" * (len(texts) + 7) + "|"]
+             + " | ppl Δ % | KL | worst language ppl Δ % ± s.e. | languages clearly > +5% | size × "
+             "| decode × | build s | meets target |",
+             "|---" * (len(texts) + 9) + "|"]
     data = {}
     for name, m in manifests.items():
         v = m.validation
         size = m.size_bytes / base_size
         decode = m.benchmarks["desktop"]["decode_tok_s"] / base_decode
         per_text = {t: v["texts"][t]["ppl_increase_pct"] for t in texts}
+        # the multilingual text's languages: ≈40-90 tokens each, so only a figure more than two
+        # standard errors above +5% counts as clearly over
+        languages = v.get("sections", {}).get("multilingual", {})
+        worst = max(languages, key=lambda k: languages[k]["ppl_increase_pct"], default=None)
+        limit = TARGET["per_text_ppl_increase_pct"]
+        over = sorted(k for k, lang in languages.items()
+                      if lang["ppl_increase_pct"] - 2 * lang["ppl_increase_se_pct"] > limit)
         meets = (v["overall"]["ppl_increase_pct"] <= TARGET["ppl_increase_pct"]
                  and v["overall"]["kl"] <= TARGET["kl"]
-                 and max(per_text.values()) <= TARGET["per_text_ppl_increase_pct"]
+                 and max(per_text.values()) <= limit and not over
                  and size <= TARGET["size_ratio"] and decode >= TARGET["decode_ratio"])
         data[name] = {"options": CONFIGS.get(name), "per_text_ppl_increase_pct": per_text,
                       "ppl_increase_pct": v["overall"]["ppl_increase_pct"], "kl": v["overall"]["kl"],
                       "size_ratio": round(size, 3), "decode_ratio": round(decode, 3),
-                      "build_seconds": m.build.get("seconds"), "meets_target": meets}
+                      "build_seconds": m.build.get("seconds"), "meets_target": meets,
+                      "languages_ppl_increase_pct_and_se": {
+                          k: [lang["ppl_increase_pct"], lang["ppl_increase_se_pct"]]
+                          for k, lang in languages.items()},
+                      "languages_clearly_over_5pct": over}
+        worst_cell = "-"
+        if worst:
+            worst_cell = (f"{worst} {languages[worst]['ppl_increase_pct']:+.1f}"
+                          f" ± {languages[worst]['ppl_increase_se_pct']:.1f}")
         lines.append(f"| {name} | " + " | ".join(f"{per_text[t]:+.2f}" for t in texts)
-                     + f" | {v['overall']['ppl_increase_pct']:+.2f} | {v['overall']['kl']:.4f} | {size:.2f} "
+                     + f" | {v['overall']['ppl_increase_pct']:+.2f} | {v['overall']['kl']:.4f}"
+                     f" | {worst_cell} "
+                     f"| {', '.join(over) or 'none'} | {size:.2f} "
                      f"| {decode:.2f} | {m.build.get('seconds', 0):.0f} | {'yes' if meets else 'no'} |")
     return "\n".join(lines) + "\n", data
 
@@ -114,6 +141,7 @@ def main() -> int:
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="bench every artifact this many times in turn")
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--stem", help="output file stem (default int4_sweep[_<model>])")
     args = parser.parse_args()
@@ -135,7 +163,8 @@ def main() -> int:
         paths.append(art)
 
     md = measure(paths, source, args.out, stem, f"edgeqwen INT4 sweep ({args.model})",
-                 f"{args.model}-{BASELINE}", threads=args.threads, repeats=args.repeats, max_tokens=None)
+                 f"{args.model}-{BASELINE}", threads=args.threads, repeats=args.repeats, max_tokens=None,
+                 rounds=args.rounds)
     table, data = summary(paths, args.model)
     with open(args.out / f"{stem}.md", "a", encoding="utf-8") as fh:
         fh.write("\n" + table)

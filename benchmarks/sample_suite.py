@@ -114,9 +114,11 @@ def peer_artifact(folder: Path, source: sources.ResolvedSource) -> Path:
 
 def measure(paths: list[Path], source: sources.ResolvedSource, out: Path, stem: str, title: str,
             baseline: str, *, threads: int, repeats: int, max_tokens: int | None,
-            profile_name: str = "desktop") -> str:
+            profile_name: str = "desktop", rounds: int = 1) -> str:
     """Validate every artifact against the fp32 reference (computed once), bench them one
-    after another, and write OUT/STEM.{md,html,json}. Returns the markdown."""
+    after another (`rounds` times in turn, each recording the round with its median decode
+    speed: a shared machine drifts by more than the gaps being measured), and write
+    OUT/STEM.{md,html,json}. Returns the markdown."""
     reference = CachedReference(TransformersRuntime.load(source.path, threads=threads))
     ref_desc = f"transformers fp32: {source.path}"
     for art in paths:
@@ -126,9 +128,18 @@ def measure(paths: list[Path], source: sources.ResolvedSource, out: Path, stem: 
     del reference
 
     profile = get_profile(profile_name)
-    for art in paths:
-        print(f"== bench {art.name}", flush=True)
-        bench.run(art, profile, threads=threads, repeats=repeats)
+    runs: dict[Path, list[dict]] = {art: [] for art in paths}
+    for round_ in range(rounds):
+        for art in paths:
+            print(f"== bench {art.name} (round {round_ + 1} of {rounds})", flush=True)
+            runs[art].append(bench.run(art, profile, threads=threads, repeats=repeats, record=False))
+    for art, reports in runs.items():
+        decodes = [r.get("decode_tok_s") or 0.0 for r in reports]
+        median = sorted(reports, key=lambda r: r.get("decode_tok_s") or 0.0)[(len(reports) - 1) // 2]
+        manifest = load_manifest(art)
+        recorded = {**median, "decode_tok_s_rounds": decodes}
+        manifest.benchmarks = {**manifest.benchmarks, profile.name: recorded}
+        manifest.write(art)
 
     rows = report.collect(paths, profile_name)
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "

@@ -235,6 +235,15 @@ def _show_validation(report: Any, gates: list[Any]) -> None:
                       f"{m.ppl_increase_pct:+.2f}", f"{m.kl:.4f}", f"{m.top1_agreement:.1%}",
                       style="bold" if name == "overall" else None)
     out.print(table)
+    for name, parts in report.sections.items():
+        part_table = Table(title=f"{name} by section (few tokens each: mind the standard error)")
+        for col in ("section", "tokens", "ppl Δ %", "± s.e.", "KL", "top-1"):
+            part_table.add_column(col, justify="left" if col == "section" else "right")
+        for label, m in parts.items():
+            se = "-" if m.ppl_increase_se_pct is None else f"{m.ppl_increase_se_pct:.1f}"  # one token
+            part_table.add_row(label, str(m.tokens), f"{m.ppl_increase_pct:+.2f}", se, f"{m.kl:.4f}",
+                               f"{m.top1_agreement:.1%}")
+        out.print(part_table)
     if report.greedy_match is not None:
         out.print(f"greedy continuations: {report.greedy_match:.0%} of the reference's tokens reproduced "
                   f"({len(report.greedy)} chat prompts)")

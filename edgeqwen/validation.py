@@ -10,6 +10,7 @@ be either side.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,9 @@ PROMPTS = (
     "Skriv en kort hilsen til en kollega, der har fødselsdag.",
 )
 ROW_BLOCK = 128  # logits rows scored at once: bounds the float64 temporaries to ~150 MB
+# A paragraph that opens with a short label and a colon ("Dansk: ...", "中文：...") is a section
+# of its text (multilingual.txt: one per language); code's "def f():" ends its line instead.
+SECTION_LABEL = re.compile(r"([^\n:：]{1,30}?)\s*(?::|：)(?: |(?<=：))")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class Metrics:
     ppl_increase_pct: float
     kl: float
     top1_agreement: float
+    # standard error of ppl_increase_pct from the spread of the per-token log-loss differences
+    # (tokens treated as independent): how far a short text's figure moves by chance
+    ppl_increase_se_pct: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,10 @@ class Report:
     greedy_match: float | None
     greedy: list[dict[str, Any]] = field(default_factory=list)
     tokenizer_mismatches: list[str] = field(default_factory=list)  # texts the two sides tokenize differently
+    # text -> section label -> metrics, for texts made of labelled paragraphs (one per language
+    # in the multilingual text). Few tokens each (≈40-150): a section's perplexity moves by
+    # several percent by chance, its KL much less.
+    sections: dict[str, dict[str, Metrics]] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,6 +89,7 @@ class _Sums:
         self.nll = 0.0
         self.kl = 0.0
         self.top1 = 0
+        self.diff_squares = 0.0  # sum over tokens of (candidate NLL - reference NLL)^2
 
     def add(self, other: _Sums) -> None:
         self.n += other.n
@@ -85,25 +97,58 @@ class _Sums:
         self.nll += other.nll
         self.kl += other.kl
         self.top1 += other.top1
+        self.diff_squares += other.diff_squares
 
-    def score(self, reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray) -> None:
-        """Logits [n, vocab] of both sides at the positions that predict `targets` [n]."""
-        for start in range(0, len(targets), ROW_BLOCK):
-            rows = slice(start, start + ROW_BLOCK)
-            ref, cand, tgt = _log_softmax(reference[rows]), _log_softmax(candidate[rows]), targets[rows]
-            idx = np.arange(len(tgt))
-            self.nll_reference -= float(ref[idx, tgt].sum())
-            self.nll -= float(cand[idx, tgt].sum())
-            self.kl += float((np.exp(ref) * (ref - cand)).sum())
-            self.top1 += int((ref.argmax(-1) == cand.argmax(-1)).sum())
-            self.n += len(tgt)
+    def add_rows(self, rows: np.ndarray) -> None:
+        """Per-position scores [n, 4] from `row_scores`."""
+        self.n += len(rows)
+        nll_reference, nll, kl, top1 = rows.sum(0)
+        self.nll_reference += float(nll_reference)
+        self.nll += float(nll)
+        self.kl += float(kl)
+        self.top1 += int(top1)
+        self.diff_squares += float(((rows[:, 1] - rows[:, 0]) ** 2).sum())
 
     def metrics(self) -> Metrics:
         n = max(self.n, 1)
         ppl_ref, ppl = math.exp(self.nll_reference / n), math.exp(self.nll / n)
+        se = None
+        if self.n > 1:
+            mean = (self.nll - self.nll_reference) / n
+            variance = max(self.diff_squares - n * mean * mean, 0.0) / (n - 1)
+            se = round(100 * (ppl / ppl_ref) * math.sqrt(variance / n), 3)  # delta method
         return Metrics(tokens=self.n, ppl_reference=round(ppl_ref, 4), ppl=round(ppl, 4),
                        ppl_increase_pct=round(100 * (ppl / ppl_ref - 1), 3), kl=round(self.kl / n, 6),
-                       top1_agreement=round(self.top1 / n, 4))
+                       top1_agreement=round(self.top1 / n, 4), ppl_increase_se_pct=se)
+
+
+def row_scores(reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Logits [n, vocab] of both sides at the positions that predict `targets` [n] -> per
+    position: reference NLL, candidate NLL, KL(reference || candidate), top-1 agreement."""
+    out = np.empty((len(targets), 4))
+    for start in range(0, len(targets), ROW_BLOCK):
+        rows = slice(start, start + ROW_BLOCK)
+        ref, cand, tgt = _log_softmax(reference[rows]), _log_softmax(candidate[rows]), targets[rows]
+        idx = np.arange(len(tgt))
+        out[rows, 0] = -ref[idx, tgt]
+        out[rows, 1] = -cand[idx, tgt]
+        out[rows, 2] = (np.exp(ref) * (ref - cand)).sum(-1)
+        out[rows, 3] = ref.argmax(-1) == cand.argmax(-1)
+    return out
+
+
+def sections(text: str) -> list[tuple[str, int]]:
+    """(label, character offset) of every paragraph when each paragraph of `text` opens with
+    its own label and a colon; [] otherwise."""
+    found, labels = [], set()
+    for match in re.finditer(r"(?:^|\n\n)(?=\S)", text):
+        start = match.end()
+        label = SECTION_LABEL.match(text, start)
+        if not label or label.group(1) in labels or "\n" in text[start:label.end()]:
+            return []
+        labels.add(label.group(1))
+        found.append((label.group(1), start))
+    return found if len(found) > 1 else []
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -146,22 +191,38 @@ def compare(reference: Runtime, candidate: Runtime, texts: dict[str, str], *,
     chunk = min(chunk, candidate.info().get("context_length") or chunk)
     started = time.perf_counter()
     per_text: dict[str, Metrics] = {}
+    per_section: dict[str, dict[str, Metrics]] = {}
     total = _Sums()
     mismatches = []
     for name, text in texts.items():
         ids = reference.encode(text)[:max_tokens]
         if candidate.encode(text)[: len(ids)] != ids:
             mismatches.append(name)
-        sums = _Sums()
+        scores, predicted = [], []
         with step(f"scoring {name} ({len(ids)} tokens) on both sides"):
             for start in range(0, len(ids) - 1, chunk):
                 window = ids[start:start + chunk]
                 if len(window) < 2:
                     break
                 targets = np.asarray(window[1:])
-                sums.score(reference.logits(window)[:-1], candidate.logits(window)[:-1], targets)
+                scores.append(row_scores(reference.logits(window)[:-1], candidate.logits(window)[:-1],
+                                         targets))
+                predicted.append(np.arange(start + 1, start + len(window)))
+        rows = np.concatenate(scores) if scores else np.empty((0, 4))
+        positions = np.concatenate(predicted) if predicted else np.empty(0, dtype=int)  # of each row's target
+        sums = _Sums()
+        sums.add_rows(rows)
         per_text[name] = sums.metrics()
         total.add(sums)
+        if labelled := sections(text):
+            # a section's tokens: from the count of its preceding text's tokens on
+            bounds = [len(reference.encode(text[:offset])) for _, offset in labelled] + [len(ids)]
+            per_section[name] = {}
+            for (label, _), first, end in zip(labelled, bounds, bounds[1:], strict=False):
+                part = _Sums()
+                part.add_rows(rows[(positions >= first) & (positions < end)])
+                if part.n:
+                    per_section[name][label] = part.metrics()
 
     greedy = []
     prompts = prompts if greedy_tokens else ()  # 0 tokens: no continuations (slow emulated NPUs)
@@ -177,7 +238,7 @@ def compare(reference: Runtime, candidate: Runtime, texts: dict[str, str], *,
     match = round(float(np.mean(shares)), 4) if shares else None
 
     return Report(reference=reference_name, candidate=candidate_name, chunk=chunk, texts=per_text,
-                  overall=total.metrics(), greedy_match=match, greedy=greedy,
+                  overall=total.metrics(), sections=per_section, greedy_match=match, greedy=greedy,
                   tokenizer_mismatches=mismatches, seconds=round(time.perf_counter() - started, 2))
 
 

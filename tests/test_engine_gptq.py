@@ -74,10 +74,14 @@ def test_manifest_records_calibration_and_8_bit_set(gptq_art, calib_file) -> Non
 
 def test_shipped_calibration_files_int4_head_and_layers_counted_from_the_end(untied, tmp_path) -> None:
     """The default recipe's shape: the shipped files it names, GPTQ for the LM head (run by
-    olive_launch, which keeps none of the head's outputs), INT8 for the last layer's MLP."""
-    r = recipe(gptq={**GPTQ, "lm_head": True, "int8": ["*.layers.-1.mlp.*"],
+    olive_launch, which keeps none of the head's outputs), INT8 in blocks of 128 for the last
+    layer's MLP."""
+    import onnx
+
+    r = recipe(gptq={**GPTQ, "lm_head": True, "int8": ["*.layers.-1.mlp.*"], "int8_block_size": 128,
                      "calibration": ["default.txt", "sampled.jsonl"]})
-    engine = load_manifest(build(r, str(untied), tmp_path / "a").path).engine
+    art = build(r, str(untied), tmp_path / "a").path
+    engine = load_manifest(art).engine
     gptq = engine["gptq"]
     assert gptq["calibration"]["file"] == "edgeqwen/texts/calibration/default.txt+sampled.jsonl"
     assert gptq["calibration"]["sha256"] == calibration.load(shipped=("default.txt", "sampled.jsonl")).sha256
@@ -87,6 +91,18 @@ def test_shipped_calibration_files_int4_head_and_layers_counted_from_the_end(unt
     assert sorted(bits["int8"]) == [f"/model/layers.1/mlp/{m}_proj/MatMulNBits" for m in mlp]
     # 2 x qkv, 2 x o, layer 0's gate/up/down and the LM head, all GPTQ INT4
     assert bits["int4"] == 8
+    # down_proj reads the 128-wide MLP: one block of 128; gate/up read the 64-wide hidden state,
+    # which 128 does not divide, so they keep the recipe's 32
+    graph = onnx.load(str(art / "model.onnx"), load_external_data=False).graph
+    blocks = {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+              for n in graph.node if n.op_type == "MatMulNBits"}
+    assert {name: (b["bits"], b["block_size"]) for name, b in blocks.items() if "layers.1/mlp" in name} == {
+        "/model/layers.1/mlp/down_proj/MatMulNBits": (8, 128),
+        "/model/layers.1/mlp/gate_proj/MatMulNBits": (8, 32),
+        "/model/layers.1/mlp/up_proj/MatMulNBits": (8, 32)}
+    assert gptq["int8_block_sizes"] == [32, 128]
+    others = {(b["bits"], b["block_size"]) for name, b in blocks.items() if "layers.1/mlp" not in name}
+    assert others == {(4, 32)}
 
 
 def test_layers_counted_from_the_end_beyond_a_shallow_model_select_nothing(untied) -> None:

@@ -17,7 +17,7 @@ from edgeqwen.cli import main
 from edgeqwen.errors import ArtifactError
 from edgeqwen.pipeline import build
 from edgeqwen.recipes import parse_recipe
-from edgeqwen.validation import check_gates, compare, default_texts, validate_artifact
+from edgeqwen.validation import check_gates, compare, default_texts, sections, validate_artifact
 from runtimes.base import GenerationOptions, Runtime
 
 
@@ -81,6 +81,38 @@ def test_metrics_match_hand_computed_values() -> None:
     gates = {g.gate: g.passed for g in check_gates(report, {"max_ppl_increase_pct": 1000, "max_kl": 0.01,
                                                            "min_top1": None})}
     assert gates == {"max_ppl_increase_pct": True, "max_kl": False}
+
+
+@pytest.mark.parametrize(("chunk", "y_targets"), [(8, [2, 3, 2, 3]), (4, [3, 2, 3])])
+def test_labelled_paragraphs_are_scored_as_sections(chunk, y_targets) -> None:
+    """Each section gets the positions that predict its own tokens; a window's first token is
+    predicted by nothing (with chunk 4, Y's first `c` opens the second window)."""
+    p, q = [0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]
+    text = "X: abab\n\nY: cdcd"  # tokens a b a b | c d c d
+    report = compare(FixedRuntime(p), FixedRuntime(q), {"t": text}, chunk=chunk, prompts=[])
+    parts = report.sections["t"]
+    assert list(parts) == ["X", "Y"]
+    for label, targets in (("X", [1, 0, 1]), ("Y", y_targets)):
+        m = parts[label]
+        assert m.tokens == len(targets)
+        for got, probs in ((m.ppl_reference, p), (m.ppl, q)):
+            assert got == pytest.approx(math.exp(-np.mean([math.log(probs[t]) for t in targets])), rel=1e-4)
+        d = np.array([math.log(p[t] / q[t]) for t in targets])  # per-token log-loss increase
+        se = 100 * math.exp(d.mean()) * d.std(ddof=1) / math.sqrt(len(d))
+        assert m.ppl_increase_se_pct == pytest.approx(se, abs=1e-3) and se > 10
+    assert parts["X"].tokens + parts["Y"].tokens == report.texts["t"].tokens
+    assert "sections" in report.to_dict()  # recorded in the manifest with the rest
+
+
+def test_sections_are_the_languages_of_the_multilingual_text_only() -> None:
+    texts = default_texts()
+    labels = [label for label, _ in sections(texts["multilingual"])]
+    assert len(labels) == 18 and labels[:2] == ["Dansk", "Norsk"]
+    assert "中文" in labels and "Français" in labels  # a full-width colon; a space before the colon
+    assert sections(texts["english"]) == sections(texts["python"]) == []
+    # code's colons end lines; a repeated label is not a section list
+    assert sections("def f():\n    return 1\n\nclass A:\n    pass\n") == []
+    assert sections("Note: a\n\nNote: b") == []
 
 
 def test_shipped_texts_cover_prose_code_and_languages() -> None:
