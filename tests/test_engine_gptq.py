@@ -149,3 +149,16 @@ def test_cli_passes_the_calibration_file(untied, tmp_path, capsys) -> None:
     code = main(["build", str(tmp_path / "r.yaml"), "-m", str(untied), "-o", str(tmp_path / "out"),
                  "--calibration", str(calibration.SHIPPED), "--no-validate"])
     assert code == 1 and "does not calibrate" in capsys.readouterr().err
+
+
+def test_memory_plan_covers_the_measured_peaks_and_lets_the_1_5b_build_on_24_gib() -> None:
+    from edgeqwen import catalog
+    from edgeqwen.engines.olive_gptq import peak_memory
+
+    def plan(model_id: str) -> int:
+        return peak_memory(catalog.CATALOG[model_id].weight_bytes("fp32"))
+
+    # measured Olive peaks: 0.5B 7.2-7.9 GB (89 samples), 1.5B 12.8 GB (22 samples)
+    assert 7.9e9 <= plan("qwen2.5-coder-0.5b-instruct") < 9e9
+    assert 12.8e9 < plan("qwen2.5-coder-1.5b-instruct") < 0.8 * 24 * 2**30
+    assert plan("qwen2.5-coder-3b-instruct") > 24 * 2**30  # refused here, with the numbers

@@ -27,11 +27,21 @@ from edgeqwen.errors import EngineError, RecipeError
 from edgeqwen.progress import step
 
 INSTALL_HINT = 'pip install -c constraints.txt "edgeqwen[onnx]"  (olive-ai and datasets)'
-# Peak RSS of a GPTQ build as a multiple of the fp16 model, measured on the 0.5B sample
-# (0.99 GB at fp16): Olive 5.6 GB with 23 x 256 calibration tokens, 7.6 GB with 155 x 256
-# (fp32 model, Hessians, calibration activations), then the builder ≈3-5 GB (it only packs).
-# The LM head's logits would add samples x seq_len x vocab x 4 bytes; olive_launch keeps none.
-PEAK_MEMORY_FACTOR = 8.0
+# Peak RSS of a GPTQ build: Olive holds the fp32 model and its quantized copy, the Hessians
+# and every calibration sample's activations for the current layer; the builder after it
+# only packs (≈3 GB). Measured: 0.5B sample (1.98 GB fp32) 5.6 GB with 23 x 256 calibration
+# tokens, 7.2-7.9 GB with 89 (the default); 1.5B sample (6.2 GB fp32) 12.8 GB with 22. A
+# multiple of the model alone (8x fp16 fits the 0.5B) would ask 24.7 GB for the 1.5B, so: twice
+# the fp32 model plus a fixed 4 GB for activations and the runtime (8.0 GB for the 0.5B,
+# 16.3 GB for the 1.5B). The LM head's logits would add samples x seq_len x vocab x 4 bytes;
+# olive_launch keeps none.
+FP32_MODEL_COPIES = 2.0
+FIXED_PEAK_BYTES = 4_000_000_000
+
+
+def peak_memory(fp32_weight_bytes: int) -> int:
+    """Planned peak RSS of a GPTQ build (Olive, then the builder) of a model this size."""
+    return int(FP32_MODEL_COPIES * fp32_weight_bytes + FIXED_PEAK_BYTES)
 
 
 class GptqOptions(BaseModel):

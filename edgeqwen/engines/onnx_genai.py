@@ -120,7 +120,7 @@ class OnnxGenAIEngine(Engine):
     def build_memory(self, spec: ModelSpec, recipe: Recipe, options: EngineOptions) -> int:
         assert isinstance(options, OnnxGenAIOptions)
         if options.gptq is not None:  # covers Olive and the builder, which run one after the other
-            return int(spec.weight_bytes("fp16") * olive_gptq.PEAK_MEMORY_FACTOR)
+            return olive_gptq.peak_memory(spec.weight_bytes("fp32"))
         return int(spec.weight_bytes("fp16") * PEAK_MEMORY_FACTOR[_memory_key(recipe, options)])
 
     def build(self, job: BuildJob) -> EngineResult:
