@@ -1,0 +1,76 @@
+"""Per-language quality of artifacts on the long per-language text (benchmarks/texts/languages.txt).
+
+    python benchmarks/languages.py ARTIFACT [ARTIFACT ...] [--out benchmarks/results] [--stem languages]
+                                   [--threads 2]
+
+Validates each artifact against the checkpoint in its manifest (nothing recorded in the
+manifest) on one ≈210-430-token paragraph per language, and writes OUT/STEM.{md,json}: per
+language and artifact the perplexity increase with its standard error and the KL divergence,
+and which languages are more than two standard errors above issue #7's +5%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from edgeqwen.validation import read_texts, validate_artifact
+
+TEXT = Path(__file__).parent / "texts" / "languages.txt"
+LIMIT_PCT = 5.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifacts", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--stem", default="languages")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+
+    results = {}
+    for art in args.artifacts:
+        report, _ = validate_artifact(art, texts=read_texts([TEXT]), threads=args.threads, record=False,
+                                      greedy_tokens=0)
+        parts = report.sections[TEXT.stem]
+        results[art.name] = {
+            "overall": report.overall.__dict__,
+            "languages": {label: m.__dict__ for label, m in parts.items()},
+            "clearly_over_limit": sorted(label for label, m in parts.items()
+                                         if m.ppl_increase_pct - 2 * m.ppl_increase_se_pct > LIMIT_PCT),
+            "over_limit_point_estimate": sorted(label for label, m in parts.items()
+                                                if m.ppl_increase_pct > LIMIT_PCT),
+        }
+    names = list(results)
+    labels = list(results[names[0]]["languages"])
+    lines = [f"# Per-language quality ({TEXT.name}, {results[names[0]]['overall']['tokens']} tokens)", "",
+             "ppl Δ % ± standard error, KL; reference = the checkpoint each artifact was built from.", "",
+             "| language | tokens | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for label in labels:
+        cells = [f"{results[n]['languages'][label]['ppl_increase_pct']:+.1f} ± "
+                 f"{results[n]['languages'][label]['ppl_increase_se_pct']:.1f}, "
+                 f"{results[n]['languages'][label]['kl']:.3f}" for n in names]
+        tokens = results[names[0]]["languages"][label]["tokens"]
+        lines.append(f"| {label} | {tokens} | " + " | ".join(cells) + " |")
+    overall = [results[n]["overall"] for n in names]
+    totals = [f"**{o['ppl_increase_pct']:+.1f} ± {o['ppl_increase_se_pct']:.1f}, {o['kl']:.3f}**"
+              for o in overall]
+    lines.append(f"| **all** | {overall[0]['tokens']} | " + " | ".join(totals) + " |")
+    lines += ["", f"Above +{LIMIT_PCT:g}%: " + "; ".join(
+        f"{n}: {', '.join(results[n]['over_limit_point_estimate']) or 'none'} "
+        f"(by more than two s.e.: {', '.join(results[n]['clearly_over_limit']) or 'none'})" for n in names)]
+    md = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.stem}.md").write_text(md, encoding="utf-8")
+    (args.out / f"{args.stem}.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
