@@ -124,6 +124,10 @@ def test_recipe_combinations_that_cannot_work_are_refused(untied, tmp_path) -> N
         build(recipe(gptq={**GPTQ, "int8": ["*.attention.*"]}), str(untied), tmp_path / "c")
     with pytest.raises(RecipeError, match="gptq.seq_len"):
         build(recipe(gptq={"seq_len": 8}), str(untied), tmp_path / "d")
+    # a block size MatMulNBits cannot pack fails at the recipe, not minutes into Olive
+    with pytest.raises(RecipeError, match="gptq.int8_block_size"):
+        build(recipe(gptq={**GPTQ, "int8": ["*.self_attn.o_proj"], "int8_block_size": 100}), str(untied),
+              tmp_path / "e")
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 

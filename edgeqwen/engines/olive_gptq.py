@@ -16,6 +16,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +27,8 @@ from edgeqwen.engines.tool_process import run_tool
 from edgeqwen.errors import EngineError, RecipeError
 from edgeqwen.progress import step
 
+# MatMulNBits block sizes the builder packs (the recipe's block_size and GPTQ's int8 modules)
+BlockSize = Literal[16, 32, 64, 128, 256]
 INSTALL_HINT = 'pip install -c constraints.txt "edgeqwen[onnx]"  (olive-ai and datasets)'
 # Peak RSS of a GPTQ build: Olive holds the fp32 model and its quantized copy, the Hessians
 # and every calibration sample's activations for the current layer; the builder after it
@@ -58,7 +61,7 @@ class GptqOptions(BaseModel):
     # block size of those 8-bit modules (None: the recipe's block_size). Int8 rounding error is
     # ~16x below int4's, so coarser blocks cost little accuracy and save the fp32 scale per
     # 32 weights that makes an int8 block-32 weight 1.16 bytes; decode reads every one of them.
-    int8_block_size: int | None = Field(None, ge=16)
+    int8_block_size: BlockSize | None = None
     # shipped files (edgeqwen/texts/calibration) joined as the calibration text without --calibration
     calibration: list[str] = Field(default_factory=lambda: [DEFAULT_CALIBRATION], min_length=1)
 
@@ -69,8 +72,8 @@ def run_gptq(checkpoint: Path, work: Path, text: CalibrationText, options: GptqO
     the manifest records about the calibration."""
     tokens, n = calibration.windows(text, checkpoint, options.seq_len, options.max_samples,
                                     what="GPTQ sample", option="algorithm.gptq.seq_len")
-    int8 = int8_modules(checkpoint, options.int8)
     widths = linear_modules(checkpoint)
+    int8 = int8_modules(checkpoint, options.int8, widths)
     int8_overrides = {m: {"bits": 8,
                           "group_size": int8_group_size(widths[m], options.int8_block_size, group_size)}
                       for m in int8}
@@ -139,8 +142,9 @@ def int8_group_size(in_features: int, wanted: int | None, group_size: int) -> in
     return wanted if wanted is not None and in_features % wanted == 0 else group_size
 
 
-def int8_modules(checkpoint: Path, patterns: list[str]) -> list[str]:
-    """The modules `patterns` select; a pattern that selects nothing is a recipe error.
+def int8_modules(checkpoint: Path, patterns: list[str], modules: dict[str, int] | None = None) -> list[str]:
+    """The modules `patterns` select among `modules` (default: `linear_modules(checkpoint)`); a
+    pattern that selects nothing is a recipe error.
     `.layers.-N.` counts from the last layer, so one recipe names "the last three layers" of
     models of any depth; one that reaches before the first layer (a shallower model than the
     recipe had in mind) selects nothing, without error."""
@@ -148,7 +152,7 @@ def int8_modules(checkpoint: Path, patterns: list[str]) -> list[str]:
 
     if not patterns:
         return []
-    modules = list(linear_modules(checkpoint))
+    names = list(modules if modules is not None else linear_modules(checkpoint))
     layers = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
     chosen = []
     for pattern in patterns:
@@ -157,10 +161,10 @@ def int8_modules(checkpoint: Path, patterns: list[str]) -> list[str]:
             if int(back.group(1)) > layers:
                 continue
             pattern = pattern.replace(back.group(0), f".layers.{layers - int(back.group(1))}.")
-        hits = [m for m in modules if fnmatchcase(m, pattern)]
+        hits = [m for m in names if fnmatchcase(m, pattern)]
         if not hits:
             raise RecipeError(f"algorithm.gptq.int8 pattern {pattern!r} matches no layer of the model",
-                              hint=f"module names look like {modules[0]!r}" if modules else None)
+                              hint=f"module names look like {names[0]!r}" if names else None)
         chosen += hits
     return sorted(set(chosen))
 

@@ -21,7 +21,7 @@ from edgeqwen.catalog import ModelSpec
 from edgeqwen.checkpoint import chat_template
 from edgeqwen.engines import olive_gptq
 from edgeqwen.engines.base import BuildJob, Engine, EngineOptions, EngineResult
-from edgeqwen.engines.olive_gptq import GptqOptions
+from edgeqwen.engines.olive_gptq import BlockSize, GptqOptions
 from edgeqwen.engines.tool_process import run_tool
 from edgeqwen.errors import EngineError, RecipeError
 from edgeqwen.preflight import require_memory
@@ -40,7 +40,7 @@ PEAK_MEMORY_FACTOR = {"default": 7.0, "rtn": 7.0, "k_quant": 12.0, "fp16": 4.0, 
 
 
 class OnnxGenAIOptions(EngineOptions):
-    block_size: Literal[16, 32, 64, 128, 256] = 32
+    block_size: BlockSize = 32
     accuracy_level: Literal[1, 2, 3, 4] = 4
     is_symmetric: bool = True
     algo_config: Literal["default", "rtn", "k_quant"] = "default"
