@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from languages import LIMIT_PCT, clearly_over
 from sample_suite import measure
 
 from edgeqwen import sources
@@ -73,7 +74,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "int4-gptq-asym-attn8-mlp8x6-sampled-i8b128": {**RTN_ASYM, "gptq": {
         "int8": ATTN8 + MLP8X6, "lm_head": True, "calibration": SAMPLED, "int8_block_size": 128}},
 }
-TARGET = {"ppl_increase_pct": 3.0, "kl": 0.03, "per_text_ppl_increase_pct": 5.0, "size_ratio": 1.25,
+TARGET = {"ppl_increase_pct": 3.0, "kl": 0.03, "per_text_ppl_increase_pct": LIMIT_PCT, "size_ratio": 1.25,
           "decode_ratio": 0.90}
 
 
@@ -106,12 +107,10 @@ def summary(paths: list[Path], prefix: str) -> tuple[str, dict[str, Any]]:
         # standard errors above +5% counts as clearly over
         languages = v.get("sections", {}).get("multilingual", {})
         worst = max(languages, key=lambda k: languages[k]["ppl_increase_pct"], default=None)
-        limit = TARGET["per_text_ppl_increase_pct"]
-        over = sorted(k for k, lang in languages.items()
-                      if lang["ppl_increase_pct"] - 2 * lang["ppl_increase_se_pct"] > limit)
+        over = sorted(k for k, lang in languages.items() if clearly_over(lang))
         meets = (v["overall"]["ppl_increase_pct"] <= TARGET["ppl_increase_pct"]
                  and v["overall"]["kl"] <= TARGET["kl"]
-                 and max(per_text.values()) <= limit and not over
+                 and max(per_text.values()) <= TARGET["per_text_ppl_increase_pct"] and not over
                  and size <= TARGET["size_ratio"] and decode >= TARGET["decode_ratio"])
         data[name] = {"options": CONFIGS.get(name), "per_text_ppl_increase_pct": per_text,
                       "ppl_increase_pct": v["overall"]["ppl_increase_pct"], "kl": v["overall"]["kl"],

@@ -133,9 +133,12 @@ def measure(paths: list[Path], source: sources.ResolvedSource, out: Path, stem: 
         for art in paths:
             print(f"== bench {art.name} (round {round_ + 1} of {rounds})", flush=True)
             runs[art].append(bench.run(art, profile, threads=threads, repeats=repeats, record=False))
+    def decode(r: dict) -> float:
+        return r.get("decode_tok_s") or 0.0  # None: the run failed
+
     for art, reports in runs.items():
-        decodes = [r.get("decode_tok_s") or 0.0 for r in reports]
-        median = sorted(reports, key=lambda r: r.get("decode_tok_s") or 0.0)[(len(reports) - 1) // 2]
+        decodes = [decode(r) for r in reports]
+        median = sorted(reports, key=decode)[(len(reports) - 1) // 2]
         manifest = load_manifest(art)
         recorded = {**median, "decode_tok_s_rounds": decodes}
         manifest.benchmarks = {**manifest.benchmarks, profile.name: recorded}
