@@ -41,7 +41,7 @@ def test_stock_onnxruntime_genai_loads_it_and_it_codes(sample_int4, capsys) -> N
     # Olive's child kept none of the LM head's logits (olive_launch): with them, 80+ samples
     # x 256 tokens x 151,936 x 4 bytes would add > 12 GB.
     olive = next(s for s in manifest.build["steps"] if s["step"].startswith("Olive GPTQ"))
-    # (measured 7.2-7.9 GB for 89 samples: the allocator's timing moves it by ~0.7 GB)
+    # (measured 7,182-7,896 MiB for 89 samples: the allocator's timing moves it by ~0.7 GiB)
     assert olive["tool_peak_rss_mb"] < 10_000, olive
     # INT8 where the sweep measured it pays: the attention projections (qkv + o of 24 layers)
     # and gate/up/down of layers 0 and 19-23; the rest and the LM head GPTQ INT4.
