@@ -43,14 +43,16 @@ def test_stock_onnxruntime_genai_loads_it_and_it_codes(sample_int4, capsys) -> N
     olive = next(s for s in manifest.build["steps"] if s["step"].startswith("Olive GPTQ"))
     # (measured 7,182-7,896 MiB for 89 samples: the allocator's timing moves it by ~0.7 GiB)
     assert olive["tool_peak_rss_mb"] < 10_000, olive
-    # INT8 where the sweep measured it pays: the attention projections (qkv + o of 24 layers)
-    # and gate/up/down of layers 0 and 19-23; the rest and the LM head GPTQ INT4.
-    # The manifest lists the minority width by name and counts the majority: 66 int8, 55 int4.
+    # INT8 where the sweeps measured it pays: the attention projections (qkv + o of 24 layers)
+    # and gate/up/down of layers 0-6 and 19-23; the rest and the LM head GPTQ INT4.
+    # The manifest lists the minority width by name and counts the majority: 84 int8, 37 int4.
     bits = manifest.engine["matmul_bits"]
-    assert len(gptq["int8_modules"]) == 24 * 4 + 6 * 3
-    assert bits["int8"] == 24 * 2 + 6 * 3  # qkv and o of every layer, gate/up/down of six
-    assert len(bits["int4"]) == 18 * 3 + 1 and "/lm_head/MatMulNBits" in bits["int4"]
+    assert len(gptq["int8_modules"]) == 24 * 4 + 12 * 3
+    assert bits["int8"] == 24 * 2 + 12 * 3  # qkv and o of every layer, gate/up/down of twelve
+    assert len(bits["int4"]) == 12 * 3 + 1 and "/lm_head/MatMulNBits" in bits["int4"]
+    assert "/model/layers.7/mlp/up_proj/MatMulNBits" in bits["int4"]
     assert "/model/layers.18/mlp/down_proj/MatMulNBits" in bits["int4"]
+    assert "/model/layers.6/mlp/gate_proj/MatMulNBits" not in bits["int4"]
     assert "/model/layers.19/mlp/down_proj/MatMulNBits" not in bits["int4"]
     # the 8-bit MatMuls in blocks of 128 (896 and 4864 inputs both divide), the rest block 32
     assert gptq["int8_block_sizes"] == [128]
