@@ -29,6 +29,21 @@ def clearly_over(metrics: dict, limit_pct: float = LIMIT_PCT) -> bool:
     return metrics["ppl_increase_pct"] - 2 * metrics["ppl_increase_se_pct"] > limit_pct
 
 
+def measure(artifact: Path, *, threads: int | None, reference_runtime: tuple | None = None) -> dict:
+    """`artifact` against its reference on languages.txt: overall and per-language metrics, and
+    which languages are over the limit (by point estimate, and by more than two s.e.)."""
+    report, _ = validate_artifact(artifact, texts=read_texts([TEXT]), threads=threads, record=False,
+                                  greedy_tokens=0, reference_runtime=reference_runtime)
+    languages = {label: m.__dict__ for label, m in report.sections[TEXT.stem].items()}
+    return {
+        "overall": report.overall.__dict__,
+        "languages": languages,
+        "clearly_over_limit": sorted(label for label, m in languages.items() if clearly_over(m)),
+        "over_limit_point_estimate": sorted(label for label, m in languages.items()
+                                            if m["ppl_increase_pct"] > LIMIT_PCT),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,18 +53,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
 
-    results = {}
-    for art in args.artifacts:
-        report, _ = validate_artifact(art, texts=read_texts([TEXT]), threads=args.threads, record=False,
-                                      greedy_tokens=0)
-        languages = {label: m.__dict__ for label, m in report.sections[TEXT.stem].items()}
-        results[art.name] = {
-            "overall": report.overall.__dict__,
-            "languages": languages,
-            "clearly_over_limit": sorted(label for label, m in languages.items() if clearly_over(m)),
-            "over_limit_point_estimate": sorted(label for label, m in languages.items()
-                                                if m["ppl_increase_pct"] > LIMIT_PCT),
-        }
+    results = {art.name: measure(art, threads=args.threads) for art in args.artifacts}
     names = list(results)
     labels = list(results[names[0]]["languages"])
     lines = [f"# Per-language quality ({TEXT.name}, {results[names[0]]['overall']['tokens']} tokens)", "",
