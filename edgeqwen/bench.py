@@ -16,10 +16,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.profiles import DeviceProfile
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from runtimes.base import GenerationOptions, Runtime
 
 SHORT_PROMPT = "Write a Python function that returns the n-th Fibonacci number."
 LONG_PROMPT_TOKENS = 512
@@ -90,6 +95,24 @@ def expected_peak_mb(memory: dict[str, Any], context_length: int) -> float:
     return round((memory["weights_bytes"] + kv + memory["overhead_bytes"]) / 2**20, 1)
 
 
+def time_generation(rt: Runtime, prompt: list[int], options: GenerationOptions, *,
+                    midway: Callable[[], None] | None = None) -> tuple[float, float | None, int]:
+    """One cold generation: (time to first token, decode tokens/s after it, tokens generated).
+    `midway` is called once halfway through the requested tokens."""
+    rt.reset()  # cold prefill every time: no KV cache reused from the previous run
+    start = time.perf_counter()
+    first = last = start
+    n = 0
+    for _ in rt.stream_ids(prompt, options):
+        last = time.perf_counter()
+        if n == 0:
+            first = last
+        n += 1
+        if midway is not None and n == options.max_new_tokens // 2:
+            midway()
+    return first - start, ((n - 1) / (last - first) if n > 1 and last > first else None), n
+
+
 def _worker(settings: BenchSettings) -> dict[str, Any]:
     import os
 
@@ -109,22 +132,12 @@ def _worker(settings: BenchSettings) -> dict[str, Any]:
     options = GenerationOptions(max_new_tokens=settings.new_tokens)
     threads_seen = 0
 
-    def timed(prompt: list[int]) -> tuple[float, float | None, int]:
-        """(time to first token, decode tokens/s after it, tokens generated)."""
+    def count_threads() -> None:
         nonlocal threads_seen
-        rt.reset()  # cold prefill every time: no KV cache reused from the previous run
-        start = time.perf_counter()
-        first = last = start
-        n = 0
-        for _ in rt.stream_ids(prompt, options):
-            last = time.perf_counter()
-            if n == 0:
-                first = last
-            n += 1
-            if n == settings.new_tokens // 2:
-                threads_seen = max(threads_seen, psutil.Process().num_threads())
-        ttft = first - start
-        return ttft, ((n - 1) / (last - first) if n > 1 and last > first else None), n
+        threads_seen = max(threads_seen, psutil.Process().num_threads())
+
+    def timed(prompt: list[int]) -> tuple[float, float | None, int]:
+        return time_generation(rt, prompt, options, midway=count_threads)
 
     timed(short)  # warm-up: first-call allocations and caches are not what a user waits for
     short_runs = [timed(short) for _ in range(settings.repeats)]

@@ -7,7 +7,7 @@ import pytest
 from edgeqwen import calibration
 from edgeqwen.calibration import CalibrationError
 from edgeqwen.hashing import sha256_file
-from edgeqwen.validation import default_texts
+from edgeqwen.validation import default_texts, per_language_texts
 
 
 def test_shipped_text_is_separate_from_the_validation_texts() -> None:
@@ -17,7 +17,7 @@ def test_shipped_text_is_separate_from_the_validation_texts() -> None:
     # Validation must not score the model on what GPTQ was calibrated with.
     assert "calibration" not in default_texts() and "default" not in default_texts()
     paragraphs = [p for p in shipped.text.split("\n\n") if len(p) > 80]
-    for name, text in default_texts().items():
+    for name, text in {**default_texts(), **per_language_texts()}.items():
         assert not any(p in text for p in paragraphs), name
     # English, code and the languages the validation texts cover.
     for marker in ("def ", "SELECT ", "Dansk:", "Suomi:", "Slovenščina:", "Українська:", "中文："):
@@ -77,7 +77,7 @@ def test_shipped_files_join_in_the_order_a_recipe_names_them() -> None:
     starts = [t[:12] for t in sampled]
     assert [a for a, b in zip(starts, openings, strict=True) if a != b] == ["user\nCan you"]
     # Sampled text is calibration too: nothing of it may be scored by validation.
-    for name, text in default_texts().items():
+    for name, text in {**default_texts(), **per_language_texts()}.items():
         assert not any(s[i:i + 80] in text for s in sampled for i in range(0, len(s) - 80, 40)), name
 
 
