@@ -121,13 +121,10 @@ def main() -> int:
     groups = dict(g.split("=", 1) for g in args.group)
     groups = {k: v.split(",") for k, v in groups.items()} or DEFAULT_GROUPS
 
-    from safetensors.numpy import load_file
-
     checkpoint = Path(load_manifest(args.artifact).source.path)
-    weights = {}
-    for file in sorted(checkpoint.glob("*.safetensors")):
-        weights.update(load_file(str(file)))
     reference = open_reference(None, str(checkpoint), threads=args.threads)  # opened once for all groups
+    # the reference already holds the checkpoint's weights in fp32: numpy views of them, no second copy
+    weights = {name: t.detach().numpy() for name, t in reference[0].model.state_dict().items()}
 
     def measure(path: Path) -> dict:
         return measure_languages(path, threads=args.threads, reference_runtime=reference)
